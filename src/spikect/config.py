@@ -1,0 +1,247 @@
+"""Typed configuration: nested dataclasses loaded from and saved to YAML.
+
+Unknown keys are an error (a typo in a config must never be silently ignored), and every
+size of the network lives here so that an experiment is one YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class NeuronConfig:
+    """Activation of every hybrid layer. ``lif`` is the spiking network; ``relu`` with T = 1 is its ANN twin."""
+
+    kind: str = "lif"  # lif | relu
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float = 0.0  # hard reset to 0
+    surrogate: str = "atan"  # any spikingjelly.activation_based.surrogate class name, case-insensitive
+    surrogate_alpha: float = 2.0
+    detach_reset: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """One task head. Adding a task is adding one of these to ``model.heads``."""
+
+    name: str
+    type: str  # cls | seg
+    target: str | None = None  # seg: which mask of the data ("lung", "infection"); default = name
+    weight: float = 1.0  # lambda_i of the weighted multi-loss (initial value when learned)
+    # cls: N2 spiking FC layers = len(hidden) + 1 (the last has num_classes * population neurons)
+    hidden: list[int] = field(default_factory=lambda: [128])
+    num_classes: int = 2
+    population: int = 1  # output neurons per class; the class rate is the population mean
+    # seg: decoder widths from the deepest level to the shallowest (default: the encoder's, reversed)
+    widths: list[int] | None = None
+    skips: bool = True
+
+    @property
+    def mask(self) -> str:
+        return self.target or self.name
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = 1
+    image_size: int = 256
+    t_steps: int = 4
+    batch_norm: bool = True
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # N1 = len(widths)
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    heads: list[HeadConfig] = field(
+        default_factory=lambda: [
+            HeadConfig(name="cls", type="cls"),
+            HeadConfig(name="lung", type="seg"),
+            HeadConfig(name="infection", type="seg"),
+        ]
+    )
+
+    @property
+    def levels(self) -> int:
+        return len(self.widths)
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "fixed"  # fixed | uncertainty
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    dice: bool = True  # add monai's Dice loss to the focal loss of every seg head
+    firing_rate_l2: float = 0.0  # optional penalty on mean firing rate (energy trade-off)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    gamma: tuple[float, float] = (0.7, 1.5)
+    contrast: tuple[float, float] = (0.75, 1.25)
+    brightness: float = 0.1
+    clahe: float = 0.3  # probability of a CLAHE-like local equalisation
+    noise_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    seg_roots: list[str] = field(default_factory=lambda: ["../shared/data/covid19-ct-seg-png"])
+    cls_roots: list[str] = field(default_factory=lambda: ["../shared/data/sarscov2-ct"])
+    nifti_roots: list[str] = field(default_factory=list)
+    mask_dirs: dict[str, str] = field(default_factory=lambda: {"lung": "lungs", "infection": "covid"})
+    # Seg-layout slices are all COVID-positive. Feeding them to the cls head teaches it "full field of view
+    # means positive" (a source confound), so by default only the same-source cls set trains the cls head.
+    seg_cls_labels: bool = False
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    train_only_groups: list[str] = field(default_factory=lambda: ["r*"])  # glob on seg volume ids
+    test_groups: list[str] = field(default_factory=list)  # explicit overrides, e.g. ["c02", "c05"]
+    val_groups: list[str] = field(default_factory=list)
+    block_size: int = 50  # cls split: blocks of consecutive `number`s
+    negative_fraction: float = 0.2  # per-epoch share of negatives drawn (patent: 20%)
+    max_per_split: int | None = None  # cap per split and dataset, for tiny test configs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # epochs without validation improvement before stopping
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "cpu"
+    threads: int | None = None  # torch.set_num_threads; None keeps torch's default
+    grad_clip: float = 5.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not describe a valid spikect configuration."""
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data or {}, "config")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return config_from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    m = cfg.model
+    if m.neuron.kind not in ("lif", "relu"):
+        raise ConfigError(f"model.neuron.kind must be 'lif' or 'relu', got {m.neuron.kind!r}")
+    if m.neuron.kind == "relu" and m.t_steps != 1:
+        raise ConfigError("model.neuron.kind 'relu' is the ANN baseline: set model.t_steps to 1")
+    if m.t_steps < 1:
+        raise ConfigError("model.t_steps must be >= 1")
+    if m.levels < 1:
+        raise ConfigError("model.widths needs at least one level")
+    if m.image_size % (2 ** (m.levels - 1)):
+        raise ConfigError(
+            f"model.image_size {m.image_size} must be divisible by 2**(levels-1) = {2 ** (m.levels - 1)}"
+        )
+    names = [h.name for h in m.heads]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model.heads: duplicate head names {names}")
+    if not m.heads:
+        raise ConfigError("model.heads: at least one head is needed")
+    for h in m.heads:
+        if h.type not in ("cls", "seg"):
+            raise ConfigError(f"head {h.name!r}: type must be 'cls' or 'seg', got {h.type!r}")
+        if h.type == "seg" and h.widths is not None and len(h.widths) != m.levels:
+            raise ConfigError(f"head {h.name!r}: widths needs {m.levels} entries (one per level)")
+    if cfg.loss.weighting not in ("fixed", "uncertainty"):
+        raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', got {cfg.loss.weighting!r}")
