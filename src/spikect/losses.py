@@ -1,0 +1,94 @@
+"""Losses: MSE on cls firing rates, focal (+ Dice) per seg head, and the weighted multi-loss.
+
+Partial labels are first-class: a sample without a head's target (``label == -1`` for cls,
+``has_<mask> == False`` for seg) contributes nothing to that head, and a head with no target in the
+batch contributes nothing at all, its learned weight included.
+
+Total loss, fixed weights:       L = Σ_i λ_i L_i
+Total loss, uncertainty weights:  L = Σ_i [ ½ exp(-s_i) L_i + ½ s_i ]   (Kendall et al., CVPR 2018;
+                                  s_i = log σ_i² is learned, ½ s_i is the regulariser that keeps σ_i finite)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.losses import DiceLoss, FocalLoss
+from torch import nn
+
+from spikect.config import HeadConfig, LossConfig
+
+
+def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between firing rates ``[B, K]`` and the one-hot labels, over labelled samples."""
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return rates.sum() * 0.0
+    target = nn.functional.one_hot(labels[valid].long(), rates.shape[1]).to(rates.dtype)
+    return nn.functional.mse_loss(rates[valid], target)
+
+
+class SegLoss(nn.Module):
+    """Sigmoid focal loss (monai), plus soft Dice when ``dice`` is set, over samples that have the mask."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, dice: bool = True) -> None:
+        super().__init__()
+        self.focal = FocalLoss(gamma=gamma, alpha=alpha, use_softmax=False)
+        # batch=True: one Dice over the batch's pixels, so slices with tiny lesions don't dominate
+        self.dice = DiceLoss(sigmoid=True, batch=True) if dice else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        has = has.bool()
+        if not bool(has.any()):
+            return logits.sum() * 0.0
+        logits, target = logits[has], target[has].to(logits.dtype)
+        loss = self.focal(logits, target)
+        if self.dice is not None:
+            loss = loss + self.dice(logits, target)
+        return loss
+
+
+class MultiTaskLoss(nn.Module):
+    def __init__(self, heads: list[HeadConfig], cfg: LossConfig) -> None:
+        super().__init__()
+        self.heads = heads
+        self.weighting = cfg.weighting
+        self.seg = SegLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.dice)
+        self.register_buffer("fixed", torch.tensor([h.weight for h in heads], dtype=torch.float32))
+        # s_i = log σ_i² starts where exp(-s_i) equals the configured λ_i
+        init = torch.tensor([-math.log(max(h.weight, 1e-6)) for h in heads], dtype=torch.float32)
+        self.log_vars = nn.Parameter(init, requires_grad=cfg.weighting == "uncertainty")
+
+    def head_loss(self, head: HeadConfig, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        if head.type == "cls":
+            labels = batch["label"]
+            return rate_mse(out, labels), bool((labels >= 0).any())
+        has = batch[f"has_{head.mask}"]
+        return self.seg(out, batch[head.mask], has), bool(has.any())
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """→ (total loss, ``{head: its unweighted loss}`` for the heads that had targets in this batch)."""
+        total = next(iter(outputs.values())).sum() * 0.0
+        parts: dict[str, torch.Tensor] = {}
+        for i, head in enumerate(self.heads):
+            loss, present = self.head_loss(head, outputs[head.name], batch)
+            if not present:
+                continue
+            parts[head.name] = loss
+            if self.weighting == "uncertainty":
+                s = self.log_vars[i]
+                total = total + 0.5 * torch.exp(-s) * loss + 0.5 * s
+            else:
+                total = total + self.fixed[i] * loss
+        return total, parts
+
+    def weights(self) -> dict[str, float]:
+        """The λ_i in force (learned ones read as ½ exp(-s_i), fixed ones as configured)."""
+        if self.weighting == "uncertainty":
+            lam = 0.5 * torch.exp(-self.log_vars.detach())
+        else:
+            lam = self.fixed
+        return {h.name: float(v) for h, v in zip(self.heads, lam, strict=True)}

@@ -1,0 +1,112 @@
+import pytest
+import torch
+from spikingjelly.activation_based import neuron
+
+from spikect.config import HeadConfig, NeuronConfig
+from spikect.model.heads import class_probabilities
+from spikect.model.hybrid import hybrid_conv
+from spikect.model.network import MultiTaskNet
+from tests.conftest import tiny_model_config
+
+
+def _net(**kw) -> MultiTaskNet:
+    torch.manual_seed(0)
+    return MultiTaskNet(tiny_model_config(**kw))
+
+
+def test_output_shapes_and_heads_from_config():
+    net = _net()
+    out = net(torch.rand(2, 1, 32, 32))
+    assert set(out) == {"cls", "lung", "infection"}
+    assert out["cls"].shape == (2, 2)
+    assert out["lung"].shape == out["infection"].shape == (2, 1, 32, 32)
+
+
+def test_adding_a_head_is_a_config_entry():
+    heads = [HeadConfig(name="cls", type="cls"), HeadConfig(name="vessels", type="seg", skips=False)]
+    out = _net(heads=heads)(torch.rand(2, 1, 32, 32))
+    assert set(out) == {"cls", "vessels"} and out["vessels"].shape == (2, 1, 32, 32)
+
+
+def test_rates_are_firing_rates_and_probabilities_normalised():
+    cfg = tiny_model_config()
+    net = MultiTaskNet(cfg)
+    rates = net(torch.rand(4, 1, 32, 32))["cls"]
+    # with T steps and population 1, a firing rate is a multiple of 1/T in [0, 1]
+    assert torch.all((rates >= 0) & (rates <= 1))
+    assert torch.allclose(rates * cfg.t_steps, (rates * cfg.t_steps).round(), atol=1e-5)
+    probs = class_probabilities(torch.tensor([[0.0, 0.0], [0.25, 0.75], [1.0, 0.0]]))
+    assert torch.allclose(probs, torch.tensor([[0.5, 0.5], [0.25, 0.75], [1.0, 0.0]]))
+
+
+def test_spikes_are_exactly_binary():
+    net = _net()
+    seen = []
+    for m in net.modules():
+        if isinstance(m, neuron.LIFNode):
+            m.register_forward_hook(lambda _m, _i, o: seen.append(o.detach()))
+    net(torch.rand(2, 1, 32, 32) * 3)
+    assert seen, "no LIF neuron ran"
+    for s in seen:
+        assert torch.all((s == 0) | (s == 1))
+    assert any(bool(s.any()) for s in seen), "no layer fired at all"
+
+
+def test_gradient_reaches_first_conv():
+    net = _net()
+    out = net(torch.rand(2, 1, 32, 32))
+    sum(v.float().mean() for v in out.values()).backward()
+    grad = net.encoder.levels[0][0].op.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_state_is_reset_between_batches():
+    net = _net().eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a = net(x)
+        net(torch.rand(2, 1, 32, 32) * 5)  # a different batch must not leak membrane potential
+        b = net(x)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_static_input_conv_runs_once_and_equals_repeated_input():
+    torch.manual_seed(0)
+    layer = hybrid_conv(1, 4, t_steps=3, neuron=NeuronConfig())
+    x = torch.rand(2, 1, 8, 8)
+    static = layer(x)
+    layer.act.reset()
+    repeated = layer(x.unsqueeze(0).repeat(3, 1, 1, 1, 1))
+    assert static.shape == (3, 2, 4, 8, 8)
+    assert torch.equal(static, repeated)
+
+
+def test_relu_twin_builds_the_same_architecture():
+    snn = _net()
+    ann = _net(t_steps=1, neuron=NeuronConfig(kind="relu"))
+    shapes = lambda n: [tuple(p.shape) for p in n.parameters()]  # noqa: E731
+    assert shapes(snn) == shapes(ann)
+    out = ann(torch.rand(2, 1, 32, 32))
+    assert out["cls"].shape == (2, 2) and torch.all((out["cls"] >= 0) & (out["cls"] <= 1))
+
+
+def test_population_coding_averages_per_class():
+    heads = [HeadConfig(name="cls", type="cls", population=5)]
+    net = _net(heads=heads)
+    assert net.heads["cls"].layers[-1].op.out_features == 10
+    assert net(torch.rand(3, 1, 32, 32))["cls"].shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.rand(1, 32, 32), "batch"),
+        (torch.rand(1, 3, 32, 32), "channel"),
+        (torch.rand(1, 1, 30, 32), "divisible by 4"),
+        (torch.zeros(1, 1, 32, 32, dtype=torch.uint8), "float"),
+    ],
+)
+def test_bad_input_says_how_to_fix_it(x, match):
+    with pytest.raises(ValueError, match=match):
+        _net()(x)
