@@ -54,7 +54,7 @@ def load_nifti(path: str | Path) -> Volume:
     try:
         # float32 applies scl_slope/scl_inter; truncated or corrupt data fails only here
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged")).reshape(shape)
-    except (EOFError, OSError, ValueError, zlib.error) as err:
+    except (EOFError, OSError, ValueError, MemoryError, zlib.error) as err:
         raise InputError(f"{what}: truncated or corrupt NIfTI data ({_reason(err)})") from err
     if data.ndim == 2:
         data = data[:, :, None]

@@ -23,8 +23,9 @@ class ClsHead(nn.Module):
         layers: list[nn.Module] = [hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         # ANN twin: a sigmoid output keeps its "rates" in [0, 1] like spike rates, so the same MSE applies.
         out_act = nn.Sigmoid() if nc.kind == "relu" else None
-        # No BN on the output layer: its rates are the prediction and must not be re-centred per batch.
-        layers.append(hybrid_linear(sizes[-1], head.num_classes * head.population, t, nc, False, out_act))
+        # BN on the output layer too: without it the output neurons start below threshold, never fire, and
+        # the MSE on rates has almost nothing to pull on (seen in practice: rates stuck at 0).
+        layers.append(hybrid_linear(sizes[-1], head.num_classes * head.population, t, nc, bn, out_act))
         self.layers = nn.Sequential(*layers)
         self.rate = MeanOverTime()
         self.num_classes = head.num_classes

@@ -1,0 +1,5 @@
+import sys
+
+from spikect.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""``spikect evaluate``: score a model on a folder in the seg or classification layout.
+
+Predictions are made at the model's input size and scored at each image's own size (logits are resized
+back before thresholding). Segmentation: Dice/IoU of all of a volume's slices pooled, averaged over
+volumes. Classification: slice level; every seg-layout slice counts as COVID-positive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from spikect.checkpoint import load_model
+from spikect.data import SliceDataset, detect_layout, list_records
+from spikect.data.splits import PARTS, Split
+from spikect.metrics import VolumeOverlap, classification_metrics
+from spikect.model.heads import class_probabilities
+from spikect.preprocess import resize_image, resize_logits
+
+KEYS = ("n_images", "lung_dice", "lung_iou", "infection_dice", "infection_iou",
+        "accuracy", "sensitivity", "specificity", "auc")
+
+
+class _OwnSize(Dataset):
+    """Model input at the model's size + the masks at the image's own size (for scoring)."""
+
+    def __init__(self, ds: SliceDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, masks = self.ds.load(i)
+        r = self.ds.records[i]
+        x = torch.from_numpy(resize_image(image, self.ds.image_size))[None]
+        return {"image": x, "masks": masks, "label": r.label, "group": r.group, "size": image.shape}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {k: [it[k] for it in items] for k in items[0]}
+    out["image"] = torch.stack(out["image"])
+    return out
+
+
+def select_part(records: list, split_dict: dict[str, Any] | None, part: str | None) -> list:
+    """Keep the records of one part (train/val/test) of the checkpoint's own split."""
+    if part is None:
+        return records
+    if part not in PARTS:
+        raise ValueError(f"--part must be one of {PARTS}, got {part!r}")
+    if not split_dict:
+        raise ValueError("this checkpoint carries no split, so --part cannot be used")
+    wanted = {i for d in Split.from_dict(split_dict).datasets for i in d.ids[part]}
+    chosen = [r for r in records if r.id in wanted]
+    if not chosen:
+        raise ValueError(f"no image of this folder is in the checkpoint's {part} split")
+    return chosen
+
+
+def evaluate(
+    root: str | Path,
+    weights: str | Path,
+    batch_size: int = 16,
+    device: str = "cpu",
+    part: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {root}")
+    layout = detect_layout(root)
+    model, ckpt = load_model(weights, device)
+    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True)  # seg slices are all positive
+    records = select_part(list_records(root, data_cfg, layout), ckpt.meta.get("split"), part)
+    masks = list(data_cfg.mask_dirs)
+    ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
+    loader = DataLoader(_OwnSize(ds), batch_size=batch_size, collate_fn=_collate)
+
+    seg_heads = {h.name: h.mask for h in ckpt.config.model.heads if h.type == "seg"}
+    cls_heads = [h.name for h in ckpt.config.model.heads if h.type == "cls"]
+    overlaps = {m: VolumeOverlap() for m in seg_heads.values()}
+    probs: list[float] = []
+    labels: list[int] = []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+            out = model(batch["image"].to(device))
+            for name, mask in seg_heads.items():
+                for i, target in enumerate(batch["masks"]):
+                    if mask in target:
+                        logits = resize_logits(out[name][i : i + 1].float().cpu(), tuple(batch["size"][i]))
+                        overlaps[mask].update(batch["group"][i], logits[0, 0].numpy() > 0, target[mask] > 0)
+            if cls_heads:
+                p = class_probabilities(out[cls_heads[0]].float().cpu())[:, 1].tolist()
+                for pi, label in zip(p, batch["label"], strict=True):
+                    if label >= 0:
+                        probs.append(pi)
+                        labels.append(label)
+
+    result: dict[str, Any] = dict.fromkeys(KEYS)
+    result["n_images"] = len(ds)
+    for mask in ("lung", "infection"):
+        if mask in overlaps and len(overlaps[mask]):
+            result[f"{mask}_dice"] = overlaps[mask].dice()
+            result[f"{mask}_iou"] = overlaps[mask].iou()
+    if labels:
+        result.update(classification_metrics(np.asarray(probs), np.asarray(labels)))
+    return {k: result[k] for k in KEYS}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    width = max(len(k) for k in result)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for k, v in result.items():
+        shown = "n/a" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
+        lines.append(f"{k:<{width}}  {shown}")
+    return "\n".join(lines)
