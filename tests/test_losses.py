@@ -28,7 +28,7 @@ def test_focal_loss_equals_hand_computed():
     seg = SegLoss(gamma=2.0, dice=False)
     logits = torch.tensor([[[[0.0, 2.0]]]])
     target = torch.tensor([[[[1.0, 0.0]]]])
-    # sigmoid focal: -(1-p_t)^gamma log p_t, p_t = sigmoid(0)=0.5 for the positive, 1-sigmoid(2) for the negative
+    # sigmoid focal: -(1-p_t)^gamma log p_t; p_t = sigmoid(0) = 0.5 (positive), 1 - sigmoid(2) (negative)
     p2 = 1 / (1 + math.exp(-2.0))
     expected = ((0.5**2) * -math.log(0.5) + (p2**2) * -math.log(1 - p2)) / 2
     assert math.isclose(float(seg(logits, target, torch.tensor([True]))), expected, rel_tol=1e-5)
@@ -36,8 +36,10 @@ def test_focal_loss_equals_hand_computed():
 
 def test_samples_without_a_target_contribute_nothing():
     loss = MultiTaskLoss(HEADS, LossConfig(dice=False))
-    out = {"cls": torch.tensor([[0.5, 0.5], [0.5, 0.5]], requires_grad=True),
-           "lung": torch.randn(2, 1, 2, 2, requires_grad=True)}
+    out = {
+        "cls": torch.tensor([[0.5, 0.5], [0.5, 0.5]], requires_grad=True),
+        "lung": torch.randn(2, 1, 2, 2, requires_grad=True),
+    }
     total, parts = loss(out, _batch([-1, 1], [True, False]))
     total.backward()
     assert torch.all(out["cls"].grad[0] == 0) and torch.any(out["cls"].grad[1] != 0)

@@ -17,14 +17,14 @@ from spikect.preprocess import (
 )
 
 
-def test_lung_window_is_level_minus_600_width_1500() -> None:
+def test_lung_window_is_level_minus_525_width_1250() -> None:
     low, high = LUNG_WINDOW
-    assert (low + high) / 2 == -600 and high - low == 1500
+    assert (low + high) / 2 == -525 and high - low == 1250
 
 
 @pytest.mark.parametrize(
     ("hu", "expected"),
-    [(-3024, 0.0), (-1350, 0.0), (-1000, 350 / 1500), (-600, 0.5), (0, 1350 / 1500), (150, 1.0), (3000, 1.0)],
+    [(-3024, 0.0), (-1150, 0.0), (-1000, 150 / 1250), (-525, 0.5), (0, 1150 / 1250), (100, 1.0), (3000, 1.0)],
 )
 def test_window_hu_known_values(hu: float, expected: float) -> None:
     out = window_hu(np.array([hu], dtype=np.int16))

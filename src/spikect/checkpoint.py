@@ -128,7 +128,9 @@ def load_checkpoint(weights: str | Path) -> Checkpoint:
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path} could not be read as safetensors: {exc}") from None
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a spikect checkpoint (no '{FORMAT}' header)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a spikect checkpoint (no '{FORMAT}' header)"
+        )
     config = config_from_dict(yaml.safe_load(header["config"]))
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "loss": {}, "optim": {}}
     for k, v in tensors.items():
@@ -144,7 +146,9 @@ def load_checkpoint(weights: str | Path) -> Checkpoint:
             pid, _, name = k.partition(".")
             state.setdefault(int(pid), {})[name] = v
         optimizer["state"] = state
-    return Checkpoint(config, groups["model"], groups["loss"], optimizer, json.loads(header.get("meta", "{}")), path)
+    return Checkpoint(
+        config, groups["model"], groups["loss"], optimizer, json.loads(header.get("meta", "{}")), path
+    )
 
 
 def load_model(weights: str | Path = "default", device: str = "cpu") -> tuple[torch.nn.Module, Checkpoint]:
@@ -156,6 +160,7 @@ def load_model(weights: str | Path = "default", device: str = "cpu") -> tuple[to
     missing, unexpected = model.load_state_dict(ckpt.model, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{ckpt.path}: weights do not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{ckpt.path}: weights do not match its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval(), ckpt

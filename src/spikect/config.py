@@ -18,7 +18,7 @@ import yaml
 
 @dataclass
 class NeuronConfig:
-    """Activation of every hybrid layer. ``lif`` is the spiking network; ``relu`` with T = 1 is its ANN twin."""
+    """Activation of every hybrid layer: ``lif`` is the spiking network, ``relu`` with T = 1 its ANN twin."""
 
     kind: str = "lif"  # lif | relu
     tau: float = 2.0

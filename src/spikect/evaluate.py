@@ -23,8 +23,17 @@ from spikect.metrics import VolumeOverlap, classification_metrics
 from spikect.model.heads import class_probabilities
 from spikect.preprocess import resize_image, resize_logits
 
-KEYS = ("n_images", "lung_dice", "lung_iou", "infection_dice", "infection_iou",
-        "accuracy", "sensitivity", "specificity", "auc")
+KEYS = (
+    "n_images",
+    "lung_dice",
+    "lung_iou",
+    "infection_dice",
+    "infection_iou",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "auc",
+)
 
 
 class _OwnSize(Dataset):

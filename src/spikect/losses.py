@@ -60,7 +60,9 @@ class MultiTaskLoss(nn.Module):
         init = torch.tensor([-math.log(max(h.weight, 1e-6)) for h in heads], dtype=torch.float32)
         self.log_vars = nn.Parameter(init, requires_grad=cfg.weighting == "uncertainty")
 
-    def head_loss(self, head: HeadConfig, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    def head_loss(
+        self, head: HeadConfig, out: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, bool]:
         if head.type == "cls":
             labels = batch["label"]
             return rate_mse(out, labels), bool((labels >= 0).any())
@@ -87,8 +89,6 @@ class MultiTaskLoss(nn.Module):
 
     def weights(self) -> dict[str, float]:
         """The λ_i in force (learned ones read as ½ exp(-s_i), fixed ones as configured)."""
-        if self.weighting == "uncertainty":
-            lam = 0.5 * torch.exp(-self.log_vars.detach())
-        else:
-            lam = self.fixed
+        learned = self.weighting == "uncertainty"
+        lam = 0.5 * torch.exp(-self.log_vars.detach()) if learned else self.fixed
         return {h.name: float(v) for h, v in zip(self.heads, lam, strict=True)}

@@ -39,12 +39,14 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
-    """Cosine decay from ``train.lr`` over ``train.epochs`` (stateless, so resume needs no scheduler state)."""
+    """Cosine decay from ``train.lr`` over ``train.epochs``; stateless, so resume needs no scheduler state."""
     return cfg.train.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.train.epochs, 1)))
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 @dataclass
@@ -63,7 +65,7 @@ def run_epoch(
     desc: str = "",
     progress: bool = True,
 ) -> EpochResult:
-    """One pass over ``loader``; trains when an optimizer is given, else evaluates (and scores) without grad."""
+    """One pass over ``loader``: trains when an optimizer is given, else evaluates and scores without grad."""
     training = optimizer is not None
     model.train(training)
     loss_fn.train(training)
@@ -175,7 +177,13 @@ def make_loaders(cfg: Config, split: Split) -> tuple[DataLoader, DataLoader, Epo
         raise ValueError("the training split is empty: check data roots and split fractions in the config")
     sampler = EpochSampler(train_set.labels, cfg.data.negative_fraction, seed=cfg.train.seed)
     common = {"num_workers": cfg.train.num_workers, "persistent_workers": cfg.train.num_workers > 0}
-    train_loader = DataLoader(train_set, cfg.train.batch_size, sampler=sampler, drop_last=len(sampler) > cfg.train.batch_size, **common)
+    train_loader = DataLoader(
+        train_set,
+        cfg.train.batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) > cfg.train.batch_size,
+        **common,
+    )
     val_loader = DataLoader(val_set, cfg.train.batch_size, shuffle=False, **common)
     return train_loader, val_loader, sampler
 
@@ -214,11 +222,19 @@ def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, pr
     train_loader, val_loader, sampler = make_loaders(cfg, split)
     heads = [h.name for h in cfg.model.heads]
     first = state["epoch"] + 1
-    epochs = tqdm(range(first, cfg.train.epochs), desc="epochs", initial=first, total=cfg.train.epochs,
-                  disable=not progress, dynamic_ncols=True)
+    epochs = tqdm(
+        range(first, cfg.train.epochs),
+        desc="epochs",
+        initial=first,
+        total=cfg.train.epochs,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for epoch in epochs:
         t0 = time.time()
-        seed_everything(cfg.train.seed * 1000 + epoch)  # augmentation draws depend on the epoch, not the history
+        seed_everything(
+            cfg.train.seed * 1000 + epoch
+        )  # augmentation draws depend on the epoch, not the history
         sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
@@ -246,8 +262,12 @@ def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, pr
         plot_losses(out / "loss.png", state["history"], heads)
         epochs.set_postfix(score=f"{score:.4f}", best=f"{state['best_score']:.4f}")
         if not progress:
-            print(f"epoch {epoch}: train {tr.losses['total']:.4f} val {va.losses.get('total', float('nan')):.4f} "
-                  f"score {score:.4f}", flush=True)
+            print(
+                f"epoch {epoch}: train {tr.losses['total']:.4f} "
+                f"val {va.losses.get('total', float('nan')):.4f} "
+                f"score {score:.4f}",
+                flush=True,
+            )
         if state["bad_epochs"] >= cfg.train.patience:
             tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
             break

@@ -260,15 +260,19 @@ def _nifti_plan(affine: np.ndarray) -> tuple[int, bool, bool, bool]:
     return axis, bool(transpose), bool(y_dir > 0), bool(x_dir > 0)
 
 
-def _nifti_slice(path: Path, axis: int, z: int, plan: tuple[int, bool, bool, bool]) -> np.ndarray:
-    """One oriented axial slice, read lazily through the array proxy (never the whole volume)."""
+def _nifti_slice(path: Path, z: int, plan: tuple[int, bool, bool, bool]) -> np.ndarray:
+    """One oriented axial slice, read lazily through the array proxy (never the whole volume).
+
+    Uncompressed .nii is read in place; .nii.gz must be decompressed up to the slice on every read (install
+    ``indexed_gzip`` for random access, or gunzip the files for training).
+    """
     img = nib.load(path)
+    axis, transpose, flip_rows, flip_cols = plan
     index: list[int | slice] = [slice(None)] * len(img.shape)
     index[axis] = z
     if len(img.shape) == 4:
         index[3] = 0
     a = np.asarray(img.dataobj[tuple(index)])
-    _, transpose, flip_rows, flip_cols = plan
     if transpose:
         a = a.T
     if flip_rows:
@@ -333,9 +337,9 @@ class SliceDataset(Dataset):
         if self.layout == "nifti":
             path = self.root / r.image
             plan = _nifti_plan(nib.load(path).affine)
-            hu = np.maximum(_nifti_slice(path, plan[0], r.slice_index or 0, plan), AIR_HU)
-            image = window_hu(hu, self.window)
-            masks = {m: (_nifti_slice(self.root / f, plan[0], r.slice_index or 0, plan) > 0).astype(np.uint8)
+            z = r.slice_index or 0
+            image = window_hu(np.maximum(_nifti_slice(path, z, plan), AIR_HU), self.window)
+            masks = {m: (_nifti_slice(self.root / f, z, plan) > 0).astype(np.uint8)
                      for m, f in r.masks.items() if m in self.mask_names}
         else:
             image = display_to_unit(_read_display(self.root / r.image))

@@ -77,9 +77,11 @@ def load_dicom(files: Sequence[Path], source: Path) -> Volume:
     _, chosen = max(enumerate(groups), key=lambda ig: (_is_axial(ig[1][0]), len(ig[1]), -ig[0]))
     if len(groups) > 1:
         others = sorted((len(g) for g in groups if g is not chosen), reverse=True)
+        shown = ", ".join(map(str, others[:5])) + (", ..." if len(others) > 5 else "")
+        axial = "axial " if _is_axial(chosen[0]) else ""
         warnings.append(
-            f"{len(groups)} image series/stacks found; using the largest axial CT series ({len(chosen)} "
-            f"slices, '{chosen[0].ds.get('SeriesDescription', '')}'), ignoring others of {others} slices"
+            f"{len(groups)} image series/stacks found; using the largest {axial}CT series ({len(chosen)} "
+            f"slices, '{chosen[0].ds.get('SeriesDescription', '')}'), ignoring others of {shown} slice(s)"
         )
     if not _is_axial(chosen[0]):
         warnings.append("no axial series found: a non-axial stack is used, reoriented without resampling")
@@ -106,7 +108,7 @@ def load_dicom(files: Sequence[Path], source: Path) -> Volume:
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
-        modality=first.get("Modality"),
+        modality=str(first.Modality) if first.get("Modality") else None,
         series_description=str(first.get("SeriesDescription", "")),
         slices=tuple(
             DicomSlice(

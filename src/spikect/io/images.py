@@ -1,8 +1,9 @@
 """PNG/JPEG input (one slice, or a folder = a stack sorted by file name) and PNG mask output.
 
 Images are display intensities, not HU (``kind="display"``, values in [0, 1]): 8-bit divided by 255,
-16-bit min-max normalised over the stack (their range is arbitrary; the 2-D training slices were min-max
-normalised too). They are taken as already shown in radiological orientation and are never reoriented.
+16-bit by 65535, exactly as :func:`spikect.preprocess.display_to_unit` reads training images (a 16-bit
+image using only 12 bits is flagged in ``warnings``: it looks dark). They are taken as already shown in
+radiological orientation and are never reoriented.
 Pixel spacing is unknown: ``spacing_mm`` is a nominal 1 mm, so report areas in pixels or percentages.
 Every image of a stack must have the same size (a folder of differently sized images is separate
 slices, not a volume: load them one by one).
@@ -50,10 +51,13 @@ def load_images(files: Sequence[Path], source: Path) -> Volume:
     del slices
     warnings: list[str] = []
     if sixteen_bit:
-        lo, hi = float(array.min()), float(array.max())
-        if hi > lo:
-            array = (array - lo) / (hi - lo)
-        warnings.append(f"16-bit image values {lo:g}..{hi:g} min-max normalised to [0, 1] (not HU)")
+        hi = float(array.max())
+        array /= 65535.0  # the file's own display range, as spikect.preprocess.display_to_unit reads it
+        if hi < 4096:
+            warnings.append(
+                f"16-bit image only uses values up to {hi:g} (12-bit or HU-offset data?): it looks dark as "
+                "stored; export an 8-bit lung-window image or the DICOM/NIfTI instead"
+            )
     else:
         array /= 255.0
     warnings = check_values(array, "display", source.name) + warnings

@@ -78,7 +78,7 @@ class DicomSeries:
 class Volume:
     """A scan in canonical orientation plus the geometry of the input it came from."""
 
-    array: np.ndarray  # float32 [Z, Y, X], canonical (see module docstring)
+    array: np.ndarray = field(repr=False)  # float32 [Z, Y, X], canonical (see module docstring)
     kind: Kind  # "hu": Hounsfield units, clipped below at AIR_HU; "display": intensities in [0, 1]
     spacing_mm: tuple[float, float, float]  # (z, y, x) voxel size of ``array``; nominal 1.0 for images
     source: Path
@@ -87,9 +87,9 @@ class Volume:
     # DICOM: i = column, j = row, k = sorted slice; images: i = column, j = row, k = image.
     affine: np.ndarray
     native_shape: tuple[int, int, int]  # (i, j, k)
-    nifti_header: nib.Nifti1Header | None = None  # NIfTI input: the original header (qform/sform, codes)
-    dicom: DicomSeries | None = None
-    image_files: tuple[Path, ...] = ()
+    nifti_header: nib.Nifti1Header | None = field(default=None, repr=False)  # NIfTI: original header
+    dicom: DicomSeries | None = field(default=None, repr=False)
+    image_files: tuple[Path, ...] = field(default=(), repr=False)
     warnings: list[str] = field(default_factory=list)
 
     @property

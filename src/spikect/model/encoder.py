@@ -33,7 +33,7 @@ class SharedEncoder(nn.Module):
         self.skip_channels = list(cfg.widths[:-1])
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``x [B, C, H, W]`` → (spike maps ``[T, B, C_i, H_i, W_i]`` of levels 0..N1-2, u(T)/T of the last)."""
+        """``x [B, C, H, W]`` → (spikes ``[T, B, C_i, H_i, W_i]`` of levels 0..N1-2, last level's u(T)/T)."""
         skips: list[torch.Tensor] = []
         h = x
         for level in self.levels[:-1]:

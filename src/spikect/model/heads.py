@@ -20,7 +20,9 @@ class ClsHead(nn.Module):
         super().__init__()
         t, nc, bn = cfg.t_steps, cfg.neuron, cfg.batch_norm
         sizes = [in_channels, *head.hidden]
-        layers: list[nn.Module] = [hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        layers: list[nn.Module] = [
+            hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        ]
         # ANN twin: a sigmoid output keeps its "rates" in [0, 1] like spike rates, so the same MSE applies.
         out_act = nn.Sigmoid() if nc.kind == "relu" else None
         # BN on the output layer too: without it the output neurons start below threshold, never fire, and
@@ -45,7 +47,9 @@ def class_probabilities(rates: torch.Tensor) -> torch.Tensor:
 
 
 class SegHead(nn.Module):
-    def __init__(self, head: HeadConfig, cfg: ModelConfig, in_channels: int, skip_channels: list[int]) -> None:
+    def __init__(
+        self, head: HeadConfig, cfg: ModelConfig, in_channels: int, skip_channels: list[int]
+    ) -> None:
         super().__init__()
         t, nc, bn = cfg.t_steps, cfg.neuron, cfg.batch_norm
         widths = list(head.widths) if head.widths is not None else list(reversed(cfg.widths))
@@ -56,7 +60,9 @@ class SegHead(nn.Module):
         c_in = in_channels
         for i, width in enumerate(widths):
             c_in += skips[i - 1] if i > 0 else 0
-            self.levels.append(nn.Sequential(hybrid_conv(c_in, width, t, nc, bn), hybrid_conv(width, width, t, nc, bn)))
+            self.levels.append(
+                nn.Sequential(hybrid_conv(c_in, width, t, nc, bn), hybrid_conv(width, width, t, nc, bn))
+            )
             if i < len(widths) - 1:
                 self.ups.append(hybrid_up(width, widths[i + 1], t, nc, bn))
                 c_in = widths[i + 1]

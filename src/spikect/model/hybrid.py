@@ -64,7 +64,9 @@ def hybrid_conv(
     return HybridLayer(conv, norm, act, t_steps, static_ndim=4)
 
 
-def hybrid_up(c_in: int, c_out: int, t_steps: int, neuron: NeuronConfig, batch_norm: bool = True) -> HybridLayer:
+def hybrid_up(
+    c_in: int, c_out: int, t_steps: int, neuron: NeuronConfig, batch_norm: bool = True
+) -> HybridLayer:
     """2× transposed conv → [BN] → LIF: its own neuron keeps every following conv reading spikes."""
     up = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=not batch_norm)
     norm = nn.BatchNorm2d(c_out) if batch_norm else None
@@ -72,7 +74,12 @@ def hybrid_up(c_in: int, c_out: int, t_steps: int, neuron: NeuronConfig, batch_n
 
 
 def hybrid_linear(
-    c_in: int, c_out: int, t_steps: int, neuron: NeuronConfig, batch_norm: bool = True, act: nn.Module | None = None
+    c_in: int,
+    c_out: int,
+    t_steps: int,
+    neuron: NeuronConfig,
+    batch_norm: bool = True,
+    act: nn.Module | None = None,
 ) -> HybridLayer:
     """Spiking fully connected layer: linear → [BN] → LIF (or ``act`` when given)."""
     lin = nn.Linear(c_in, c_out, bias=not batch_norm)

@@ -18,7 +18,10 @@ class MultiTaskNet(nn.Module):
         self.cfg = cfg
         self.encoder = SharedEncoder(cfg)
         self.heads = nn.ModuleDict(
-            {h.name: build_head(h, cfg, self.encoder.out_channels, self.encoder.skip_channels) for h in cfg.heads}
+            {
+                h.name: build_head(h, cfg, self.encoder.out_channels, self.encoder.skip_channels)
+                for h in cfg.heads
+            }
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -32,15 +35,21 @@ class MultiTaskNet(nn.Module):
         c, levels = self.cfg.in_channels, self.cfg.levels
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected a tensor [batch, {c}, H, W], got {shape}; add the batch/channel axes "
-                             f"with x[None, None] for a single 2-D slice")
+            raise ValueError(
+                f"expected a tensor [batch, {c}, H, W], got {shape}; add the batch/channel axes "
+                f"with x[None, None] for a single 2-D slice"
+            )
         if x.shape[1] != c:
-            raise ValueError(f"expected {c} input channel(s), got {x.shape[1]}; convert RGB to grayscale first")
+            raise ValueError(
+                f"expected {c} input channel(s), got {x.shape[1]}; convert RGB to grayscale first"
+            )
         div = 2 ** (levels - 1)
         if x.shape[2] % div or x.shape[3] % div:
             new = [(s + div - 1) // div * div for s in x.shape[2:]]
-            raise ValueError(f"H and W must be divisible by {div} for {levels} levels, got {tuple(x.shape[2:])}; "
-                             f"resize or pad to e.g. {tuple(new)} (spikect.preprocess does this)")
+            raise ValueError(
+                f"H and W must be divisible by {div} for {levels} levels, got {tuple(x.shape[2:])}; "
+                f"resize or pad to e.g. {tuple(new)} (spikect.preprocess does this)"
+            )
         if not x.is_floating_point():
             raise ValueError(f"expected a float tensor scaled to [0, 1], got {x.dtype}")
 

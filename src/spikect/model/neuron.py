@@ -18,8 +18,13 @@ def make_surrogate(name: str, alpha: float) -> surrogate.SurrogateFunctionBase:
     classes = {n.lower(): getattr(surrogate, n) for n in dir(surrogate) if n[:1].isupper()}
     cls = classes.get(name.lower())
     if cls is None or not isinstance(cls, type) or not issubclass(cls, surrogate.SurrogateFunctionBase):
-        valid = sorted(k for k, v in classes.items() if isinstance(v, type)
-                       and issubclass(v, surrogate.SurrogateFunctionBase) and k != "surrogatefunctionbase")
+        valid = sorted(
+            k
+            for k, v in classes.items()
+            if isinstance(v, type)
+            and issubclass(v, surrogate.SurrogateFunctionBase)
+            and k != "surrogatefunctionbase"
+        )
         raise ValueError(f"unknown surrogate {name!r}; choose one of {valid}")
     return cls(alpha=alpha)
 

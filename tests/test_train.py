@@ -1,0 +1,120 @@
+"""End to end on a few real slices: train the tiny config, resume it, evaluate it."""
+
+import csv
+import json
+
+import pytest
+
+from spikect.cli import main
+from spikect.config import load_config
+from spikect.train import train
+from tests.conftest import REPO, shared
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    shared("covid19-ct-seg-png")
+    shared("sarscov2-ct")
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    for i, root in enumerate(cfg.data.seg_roots):
+        cfg.data.seg_roots[i] = str((REPO / root).resolve())
+    for i, root in enumerate(cfg.data.cls_roots):
+        cfg.data.cls_roots[i] = str((REPO / root).resolve())
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    train(tiny_cfg, out, progress=False)
+    return out
+
+
+def _log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_writes_everything(tiny_run):
+    for name in ("best.safetensors", "last.safetensors", "log.csv", "loss.png", "split.json", "config.yaml"):
+        assert (tiny_run / name).is_file(), name
+    rows = _log(tiny_run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for col in ("train_cls", "train_lung", "train_infection", "train_total", "val_total", "val_lung_dice"):
+        assert rows[0][col] != "", col
+
+
+def test_seeded_training_is_reproducible(tiny_cfg, tiny_run, tmp_path):
+    train(tiny_cfg, tmp_path, progress=False)
+    a, b = _log(tiny_run / "log.csv"), _log(tmp_path / "log.csv")
+    assert a[0]["train_total"] == b[0]["train_total"]
+    assert json.loads((tiny_run / "split.json").read_text()) == json.loads(
+        (tmp_path / "split.json").read_text()
+    )
+
+
+def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeypatch):
+    import spikect.train as tr
+
+    real_plot = tr.plot_losses
+
+    def crash_after_first_epoch(path, history, heads):
+        real_plot(path, history, heads)
+        raise KeyboardInterrupt  # a crash after epoch 0's checkpoint was written
+
+    monkeypatch.setattr(tr, "plot_losses", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg, tmp_path, progress=False)
+    monkeypatch.setattr(tr, "plot_losses", real_plot)
+    assert len(_log(tmp_path / "log.csv")) == 1
+    train(tiny_cfg, tmp_path, resume=tmp_path / "last.safetensors", progress=False)
+    resumed, straight = _log(tmp_path / "log.csv"), _log(tiny_run / "log.csv")
+    assert [r["epoch"] for r in resumed] == ["0", "1"]
+    assert resumed[1]["train_total"] == straight[1]["train_total"]  # bit-identical to the uninterrupted run
+
+
+@pytest.mark.parametrize("root", ["covid19-ct-seg-png", "sarscov2-ct"])
+def test_evaluate_cli_on_held_out_part(tiny_run, root, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    code = main(
+        [
+            "evaluate",
+            str(shared(root)),
+            "--weights",
+            str(tiny_run / "best.safetensors"),
+            "--part",
+            "test",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert list(result) == [
+        "n_images",
+        "lung_dice",
+        "lung_iou",
+        "infection_dice",
+        "infection_iou",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "auc",
+    ]
+    assert result["n_images"] > 0
+    if root == "sarscov2-ct":
+        assert result["lung_dice"] is None and result["auc"] is not None
+    else:
+        assert 0 <= result["lung_dice"] <= 1 and result["specificity"] is None
+    assert "lung_dice" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--weights", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "error" in err
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\0" * 20)
+    assert main(["evaluate", str(shared("sarscov2-ct")), "--weights", str(pickle)]) == 2
+    assert "pickle" in capsys.readouterr().err
