@@ -84,6 +84,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from spikect.diagnose import run_diagnose
+
+    return run_diagnose(
+        args.inputs,
+        args.out,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        output_types=args.output_type,
+        debug=args.debug,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spikect.demo import run_demo
+
+    scores = run_demo(
+        args.out,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    found = f"{scores['lesions_found']} of {scores['lesions']} lesions found"
+    lung = "n/a" if scores["lung_dice"] is None else f"{scores['lung_dice']:.3f}"
+    inf = "n/a" if scores["infection_dice"] is None else f"{scores['infection_dice']:.3f}"
+    print(f"phantom vs known masks: lung Dice {lung}, infection Dice {inf}, {found} -> {args.out}/check.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikect", description="Brain-inspired lung CT diagnosis with a hybrid spiking network."
@@ -114,6 +146,42 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("diagnose", help="segment lungs and COVID-19 infection, classify and grade scans")
+    d.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="DICOM folder/file, NIfTI file, or PNG/JPEG image or folder of them",
+    )
+    d.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="OUTDIR",
+        help="output folder (one subfolder per input when several are given)",
+    )
+    d.add_argument("--weights", default="default", help="checkpoint .safetensors, or 'default'")
+    d.add_argument("--device", default="cpu", help="cpu or cuda")
+    d.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument(
+        "--output-type",
+        default="nifti,png",
+        metavar="TYPES",
+        help="comma-separated: nifti (masks), png (overlay), pdf, dicom-seg (default nifti,png)",
+    )
+    d.set_defaults(func=cmd_diagnose)
+
+    m = sub.add_parser("demo", help="diagnose a synthetic chest CT phantom with known masks")
+    m.add_argument(
+        "-o", "--out", default="spikect-demo", metavar="DIR", help="output folder (default spikect-demo)"
+    )
+    m.add_argument("--weights", default="default", help="checkpoint .safetensors, or 'default'")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--batch-size", type=int, default=8)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="speed, memory and FLOP figures of a config on this machine")
     b.add_argument(

@@ -7,11 +7,18 @@ potential of a non-spiking LIF integrator (u(T)/T in the patent's words), or the
 
 from __future__ import annotations
 
-import torch
-from spikingjelly.activation_based import neuron, surrogate
-from torch import nn
+import logging
 
-from spikect.config import NeuronConfig
+import torch
+
+# spikingjelly registers Triton ops on first use; on a CPU-only install torch logs "Triton not available"
+# twice per process. That is expected here, not a problem worth a warning on every command.
+logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+
+from spikingjelly.activation_based import neuron, surrogate  # noqa: E402
+from torch import nn  # noqa: E402
+
+from spikect.config import NeuronConfig  # noqa: E402
 
 
 def make_surrogate(name: str, alpha: float) -> surrogate.SurrogateFunctionBase:

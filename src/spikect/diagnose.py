@@ -1,0 +1,384 @@
+"""``spikect diagnose``: segment the lungs and COVID-19 infection in a scan, classify it and grade it.
+
+Two layers, as in lungmask: :func:`diagnose` is the function a script calls (a loaded
+:class:`~spikect.io.Volume` and model in, a :class:`Diagnosis` with canonical masks out, no files), and
+:func:`run_diagnose` is the command: load the model once, then load, diagnose and write each input.
+
+Model input. Every axial slice goes to the model on its own, in the domain it was trained on: HU input
+(DICOM, NIfTI) through :func:`spikect.preprocess.window_hu` with the lung window (-1150..100 HU ->
+[0, 1]); display images (PNG/JPEG, and NIfTIs holding 0..255 / 0..1 values) as they are, in [0, 1].
+Slices are batched through :func:`spikect.preprocess.prepare_batch` and the seg logits are resized back
+to the slice size with one interpolate per batch, then thresholded (probability 0.5) and cleaned in 3-D
+by :func:`spikect.postprocess.clean_masks`. Orientation is io's business: the canonical volume goes in,
+``write_mask_*`` restores the input's layout.
+
+Patient-level rule. The cls head gives each slice a COVID probability (normalised output firing
+rates). Only slices that contain lung count: those whose cleaned lung area is at least 10 % of the
+largest slice's (the lung apex and base, and slices without lung, are out of the classifier's
+domain). With n such slices, k = min(n, max(3, ceil(0.1 n))); the patient probability is the mean of
+the k highest slice probabilities, and the scan is "positive" when it is > 0.5 (strictly, as in
+:mod:`spikect.metrics`). Top-k rather than the mean: COVID pneumonia is often focal, most slices of a
+positive scan look normal; k > 1 so that one odd slice cannot decide. ``positive_slices`` counts the
+lung slices with probability > 0.5. Without any lung slice every slice counts, with a warning.
+
+Severity (:mod:`spikect.severity`) comes from the segmentation, not from the classifier: the two can
+disagree, and the report gives both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spikect.checkpoint import Checkpoint, CheckpointError, load_model
+from spikect.io import InputError, Volume, load_volume
+from spikect.model.heads import class_probabilities
+from spikect.postprocess import THRESHOLD, RegionStats, clean_masks, region_stats, split_left_right
+from spikect.preprocess import prepare_batch, resize_logits, window_hu
+from spikect.severity import severity
+
+LUNG_SLICE_FRACTION = 0.10  # a slice "contains lung" with at least this share of the largest slice's lung
+TOP_K_FRACTION = 0.10
+TOP_K_MIN = 3
+POSITIVE_THRESHOLD = 0.5
+
+OUTPUT_TYPES: tuple[str, ...] = ("nifti", "dicom-seg", "png", "pdf")
+DEFAULT_OUTPUT_TYPES: tuple[str, ...] = ("nifti", "png")
+
+
+@dataclass
+class Diagnosis:
+    """Result of :func:`diagnose`. Masks are bool ``[z, y, x]`` in the volume's canonical layout."""
+
+    lung: np.ndarray = field(repr=False)  # both lungs, cleaned; includes the infection
+    infection: np.ndarray = field(repr=False)  # inside ``lung``
+    right_lung: np.ndarray = field(repr=False)  # patient's right: small canonical x
+    left_lung: np.ndarray = field(repr=False)
+    slice_probabilities: np.ndarray  # float [z]: P(COVID) of each slice from the cls head
+    lung_slices: np.ndarray  # bool [z]: the slices the patient-level rule used
+    label: str  # "positive" | "negative"
+    probability: float  # mean of the top-k slice probabilities
+    positive_slices: int  # lung slices with probability > 0.5
+    top_k: int
+    stats: RegionStats  # both lungs
+    right: RegionStats
+    left: RegionStats
+    severity: str  # "CT-0" .. "CT-4"
+    warnings: list[str] = field(default_factory=list)
+    runtime_s: float = 0.0
+
+    @property
+    def slice_infection_percent(self) -> np.ndarray:
+        """float [z]: infection / lung area of each slice x 100 (0 where a slice has no lung)."""
+        lung = self.lung.sum(axis=(1, 2))
+        inf = (self.infection & self.lung).sum(axis=(1, 2))
+        return np.where(lung > 0, 100.0 * inf / np.maximum(lung, 1), 0.0)
+
+
+@dataclass(frozen=True)
+class _Heads:
+    cls: str
+    lung: str
+    infection: str
+
+
+def _heads(ckpt: Checkpoint) -> _Heads:
+    heads = ckpt.config.model.heads
+    cls = [h.name for h in heads if h.type == "cls"]
+    seg = {h.mask: h.name for h in heads if h.type == "seg"}
+    missing = [
+        n for n, ok in (("cls", cls), ("lung", "lung" in seg), ("infection", "infection" in seg)) if not ok
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{ckpt.path}: the model has no {', '.join(missing)} head; diagnose needs all three"
+        )
+    return _Heads(cls[0], seg["lung"], seg["infection"])
+
+
+@dataclass(frozen=True)
+class PatientClass:
+    label: str  # "positive" | "negative"
+    probability: float
+    positive_slices: int
+    top_k: int
+    lung_slices: np.ndarray  # bool [z]: the slices the rule used (all False: none had lung, all used)
+
+
+def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> PatientClass:
+    """The patient-level rule of the module docstring, from slice probabilities and lung areas [z]."""
+    probs = np.asarray(slice_probabilities, dtype=np.float64)
+    area = np.asarray(lung_area)
+    if probs.shape != area.shape or probs.ndim != 1 or probs.size == 0:
+        raise ValueError(f"need equal-length 1-D arrays, got {probs.shape} and {area.shape}")
+    lung_slices = (area > 0) & (area >= LUNG_SLICE_FRACTION * area.max())
+    used = probs[lung_slices] if lung_slices.any() else probs
+    k = min(used.size, max(TOP_K_MIN, math.ceil(TOP_K_FRACTION * used.size)))
+    probability = float(np.sort(used)[::-1][:k].mean())
+    return PatientClass(
+        label="positive" if probability > POSITIVE_THRESHOLD else "negative",
+        probability=probability,
+        positive_slices=int((used > POSITIVE_THRESHOLD).sum()),
+        top_k=int(k),
+        lung_slices=lung_slices,
+    )
+
+
+def check_device(device: str) -> str:
+    """Refuse a device this machine lacks with a one-line reason (torch's own error is a traceback)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ValueError(f"--device {device}: expected cpu or cuda")
+    return device
+
+
+def model_input(volume: Volume, start: int, stop: int) -> np.ndarray:
+    """Slices ``start:stop`` in the model's [0, 1] domain (HU -> lung window; display kept)."""
+    slab = volume.array[start:stop]
+    return window_hu(slab) if volume.kind == "hu" else np.clip(slab, 0.0, 1.0)
+
+
+def diagnose(
+    volume: Volume,
+    model: torch.nn.Module,
+    ckpt: Checkpoint,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Diagnosis:
+    """Segment, classify and grade one canonical volume (see the module docstring for the rules)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    start = time.perf_counter()
+    heads = _heads(ckpt)
+    size = ckpt.config.model.image_size
+    nz, ny, nx = volume.array.shape
+    lung_raw = np.empty((nz, ny, nx), dtype=bool)
+    infection_raw = np.empty((nz, ny, nx), dtype=bool)
+    probs = np.empty(nz, dtype=np.float64)
+    threshold = math.log(THRESHOLD / (1.0 - THRESHOLD))  # probability -> logit
+    model.eval()
+    bar = tqdm(total=nz, unit="slice", desc=volume.source.name[:40], disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), bar:
+        for a in range(0, nz, batch_size):
+            b = min(a + batch_size, nz)
+            out = model(prepare_batch(model_input(volume, a, b), size).to(device))
+            seg = torch.cat([out[heads.lung], out[heads.infection]], dim=1).float()
+            seg = resize_logits(seg, (ny, nx)) > threshold  # thresholded per batch: no float volume kept
+            seg = seg.cpu().numpy()
+            lung_raw[a:b], infection_raw[a:b] = seg[:, 0], seg[:, 1]
+            probs[a:b] = class_probabilities(out[heads.cls].float().cpu())[:, 1].numpy()
+            bar.update(b - a)
+
+    planar = volume.input_format == "image"  # a folder of images need not be neighbouring slices
+    lung, infection = clean_masks(lung_raw, infection_raw, volume.spacing_mm, planar)
+    del lung_raw, infection_raw
+    right_lung, left_lung = split_left_right(lung, planar)
+    physical = volume.physical_spacing
+    stats = region_stats(lung, infection, volume.spacing_mm, physical)
+
+    area = lung.sum(axis=(1, 2))
+    patient = classify_patient(probs, area)
+    warnings = (
+        []
+        if patient.lung_slices.any()
+        else ["no lung found: the classification uses every slice and volumes are 0"]
+    )
+    return Diagnosis(
+        lung=lung,
+        infection=infection,
+        right_lung=right_lung,
+        left_lung=left_lung,
+        slice_probabilities=probs,
+        lung_slices=patient.lung_slices,
+        label=patient.label,
+        probability=patient.probability,
+        positive_slices=patient.positive_slices,
+        top_k=patient.top_k,
+        stats=stats,
+        right=region_stats(right_lung, infection & right_lung, volume.spacing_mm, physical),
+        left=region_stats(left_lung, infection & left_lung, volume.spacing_mm, physical),
+        severity=severity(stats.infection_percent),
+        warnings=warnings,
+        runtime_s=time.perf_counter() - start,
+    )
+
+
+def parse_output_types(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"nifti,png"`` (or a list) -> validated tuple; unknown names are a one-line ValueError."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    types = tuple(dict.fromkeys(t.strip().lower() for t in items if t.strip()))
+    unknown = [t for t in types if t not in OUTPUT_TYPES]
+    if unknown or not types:
+        raise ValueError(
+            f"--output-type: unknown {', '.join(unknown) or '(empty)'}; choose from {','.join(OUTPUT_TYPES)}"
+        )
+    return types
+
+
+def output_name(path: str | Path) -> str:
+    """Folder name for an input: its file name without .nii.gz/.nii/.png/..., made filesystem-safe."""
+    p = Path(path)
+    name = p.name or p.resolve().name
+    low = name.lower()
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm"):
+        if low.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input"
+    return name
+
+
+def unique_names(inputs: Sequence[str | Path]) -> list[str]:
+    """One output name per input, de-duplicated with -2, -3, ... in input order."""
+    seen: set[str] = set()
+    names: list[str] = []
+    for inp in inputs:
+        base = output_name(inp)
+        name, n = base, 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name.lower())
+        names.append(name)
+    return names
+
+
+def run_diagnose(
+    inputs: Sequence[str | Path],
+    outdir: str | Path,
+    weights: str | Path = "default",
+    device: str = "cpu",
+    batch_size: int = 8,
+    progress: bool = True,
+    output_types: str | Sequence[str] = DEFAULT_OUTPUT_TYPES,
+    debug: bool = False,
+) -> int:
+    """Diagnose each input and write its outputs; returns the exit status (0, or 2 if any input failed).
+
+    One input writes into ``outdir`` itself; several write one subfolder each, named after the input.
+    A failing input is reported as one line on stderr and the others still run. Outputs are built in a
+    hidden staging folder inside ``outdir`` and renamed into place only when complete, so ``outdir``
+    never holds a half-written result. Model/weights/device errors raise (nothing can run without them).
+    """
+    from spikect.report import write_outputs
+
+    if not inputs:
+        raise ValueError("give at least one INPUT")
+    types = parse_output_types(output_types)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    model, ckpt = load_model(weights, check_device(device))
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    single = len(inputs) == 1
+    failures: list[str] = []
+    for inp, name in zip(inputs, unique_names(inputs), strict=True):
+        target = outdir if single else outdir / name
+        try:
+            start = time.perf_counter()
+            volume = load_volume(inp)
+            result = diagnose(volume, model, ckpt, batch_size, device, progress)
+            meta = {
+                "input": str(inp),
+                "weights": str(ckpt.path),
+                "device": device,
+                "runtime_s": time.perf_counter() - start,
+            }
+            staging = Path(tempfile.mkdtemp(prefix=f".spikect-{name}.", dir=outdir))
+            try:
+                write_outputs(result, volume, staging, types, meta)
+                _move_into_place(staging, target, merge=single)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one bad input must not lose the others
+            if debug:
+                raise
+            failures.append(_one_line(inp, exc))
+            continue
+        for w in volume.warnings + result.warnings:
+            print(f"spikect diagnose: warning: {name}: {' '.join(w.split())}", file=sys.stderr)
+        print(
+            f"{name}: {result.label} (p={result.probability:.2f}), severity {result.severity}, infection "
+            f"{result.stats.infection_percent:.1f}% of lung -> {target}"
+        )
+        del volume, result  # free this scan before loading the next
+    for line in failures:
+        print(f"spikect diagnose: error: {line}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def _one_line(inp: str | Path, exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, InputError | OSError | ValueError | CheckpointError):
+        msg = f"internal error ({type(exc).__name__}: {msg}); rerun with --debug for the traceback"
+    name = Path(inp).name
+    return msg if name and name in msg else f"{inp}: {msg}"
+
+
+# Every name write_outputs may produce: in single-input mode, stale ones from an earlier run are removed.
+OUTPUT_NAMES = (
+    "lung.nii.gz",
+    "infection.nii.gz",
+    "lung.png",
+    "infection.png",
+    "lung",
+    "infection",
+    "report.json",
+    "overlay.png",
+    "report.pdf",
+    "seg.dcm",
+)
+
+
+def _move_into_place(staging: Path, target: Path, merge: bool) -> None:
+    """Rename the finished outputs into place, replacing an earlier result of the same name."""
+    if merge:  # single input: the entries go into outdir itself
+        for name in OUTPUT_NAMES:
+            if not (staging / name).exists() and (target / name).exists():
+                _remove(target / name)
+        for entry in sorted(staging.iterdir()):
+            _replace(entry, target / entry.name)
+    else:
+        _replace(staging, target)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    if src.is_file() and (dst.is_file() or not dst.exists()):
+        os.replace(src, dst)  # atomic for files
+        return
+    if not (dst.exists() or dst.is_symlink()):
+        os.rename(src, dst)
+        return
+    # a folder (or a file <-> folder swap): park the old entry, rename the new one in, then delete the old
+    parking = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.rename(dst, parking / dst.name)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(parking / dst.name, dst)  # put the earlier result back
+        parking.rmdir()
+        raise
+    _remove(parking)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
