@@ -11,8 +11,14 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/
 fi
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-"${pip[@]}" torch==2.13.0
-"${pip[@]}" --no-deps spikingjelly==2.0.0
-"${pip[@]}" -e ".[app,dev]"
+# Hide two kinds of expected noise only: the local mirror's missing-folder warnings, and pip's resolver note
+# that spikingjelly's undeclared-but-unused extras (torchvision, torchaudio, tensorboard, ...) are absent.
+quiet() { "$@" 2> >(grep -v -e "^WARNING: Location 'file://" -e "^spikingjelly 2.0.0 requires" \
+                              -e "^ERROR: pip's dependency resolver does not currently" >&2); }
+quiet "${pip[@]}" torch==2.13.0
+quiet "${pip[@]}" --no-deps spikingjelly==2.0.0
+quiet "${pip[@]}" -e ".[app,dev]"
 .venv/bin/python -c "import spikect, spikingjelly.activation_based.neuron" >/dev/null
+# Build the fused LIF CPU kernel now (~40 s, once; cached by torch) rather than in the first diagnosis.
+.venv/bin/python -c "from spikect.model.fastlif import _extension; _extension()"
 touch "$stamp"

@@ -45,7 +45,7 @@ def test_samples_without_a_target_contribute_nothing():
     assert torch.all(out["cls"].grad[0] == 0) and torch.any(out["cls"].grad[1] != 0)
     assert torch.all(out["lung"].grad[1] == 0) and torch.any(out["lung"].grad[0] != 0)
     # and the total is exactly the weighted sum of the parts over labelled samples
-    assert math.isclose(float(total), float(parts["cls"] + 2.0 * parts["lung"]), rel_tol=1e-6)
+    assert math.isclose(total.item(), (parts["cls"] + 2.0 * parts["lung"]).item(), rel_tol=1e-6)
 
 
 def test_head_absent_from_batch_is_left_out():

@@ -19,6 +19,7 @@ from spikingjelly.activation_based import neuron, surrogate  # noqa: E402
 from torch import nn  # noqa: E402
 
 from spikect.config import NeuronConfig  # noqa: E402
+from spikect.model.fastlif import FusedLIFNode  # noqa: E402
 
 
 def make_surrogate(name: str, alpha: float) -> surrogate.SurrogateFunctionBase:
@@ -37,10 +38,13 @@ def make_surrogate(name: str, alpha: float) -> surrogate.SurrogateFunctionBase:
 
 
 def make_neuron(cfg: NeuronConfig) -> nn.Module:
-    """A multi-step activation taking and returning ``[T, B, ...]``."""
+    """A multi-step activation taking and returning ``[T, B, ...]``.
+
+    The LIF is spikingjelly's ``LIFNode``; :class:`FusedLIFNode` only swaps its CPU loop for a fused kernel
+    with identical spikes (see ``fastlif.py``)."""
     if cfg.kind == "relu":
         return nn.ReLU()
-    return neuron.LIFNode(
+    return FusedLIFNode(
         tau=cfg.tau,
         v_threshold=cfg.v_threshold,
         v_reset=cfg.v_reset,
