@@ -230,8 +230,17 @@ def test_sampler_positives_fraction_and_epochs() -> None:
 
 # ----------------------------------------------------------------------------------------------- augment
 
-STILL = AugmentConfig(hflip=0.0, vflip=0.0, rotate_deg=0.0, scale=(1.0, 1.0), gamma=(1.0, 1.0),
-                      contrast=(1.0, 1.0), brightness=0.0, clahe=0.0, noise_std=0.0)
+STILL = AugmentConfig(
+    hflip=0.0,
+    vflip=0.0,
+    rotate_deg=0.0,
+    scale=(1.0, 1.0),
+    gamma=(1.0, 1.0),
+    contrast=(1.0, 1.0),
+    brightness=0.0,
+    clahe=0.0,
+    noise_std=0.0,
+)
 
 
 def _blob(size: int = 64) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""A training process killed with SIGKILL mid-run resumes with at most one epoch lost and its log continued."""
+"""A training run killed with SIGKILL resumes with at most one epoch lost and its log continued."""
 
 import csv
 import signal

@@ -235,17 +235,28 @@ def run_bench(
 def format_table(r: dict[str, Any]) -> str:
     share = r["model_gflops_per_s"] / r["matmul_peak_gflops_per_s"]
     rows = [
-        ("train_ms_per_slice", f"{r['train_ms_per_slice']:.1f}",
-         f"fwd + loss + bwd + AdamW, batch {r['train_batch']}, median of {r['train_iters']}"),
-        ("infer_ms_per_slice", f"{r['infer_ms_per_slice']:.1f}",
-         f"inference_mode, batch {r['infer_batch']}, median of {r['infer_iters']}"),
+        (
+            "train_ms_per_slice",
+            f"{r['train_ms_per_slice']:.1f}",
+            f"fwd + loss + bwd + AdamW, batch {r['train_batch']}, median of {r['train_iters']}",
+        ),
+        (
+            "infer_ms_per_slice",
+            f"{r['infer_ms_per_slice']:.1f}",
+            f"inference_mode, batch {r['infer_batch']}, median of {r['infer_iters']}",
+        ),
         ("model_gflop_per_slice", f"{r['model_gflop_per_slice']:.3f}", "one forward, one slice (see note)"),
         ("model_gflops_per_s", f"{r['model_gflops_per_s']:.1f}", f"{share:.0%} of the matmul peak"),
-        ("matmul_peak_gflops_per_s", f"{r['matmul_peak_gflops_per_s']:.1f}",
-         f"fp32 mm {r['matmul_size']}², best of 5"),
+        (
+            "matmul_peak_gflops_per_s",
+            f"{r['matmul_peak_gflops_per_s']:.1f}",
+            f"fp32 mm {r['matmul_size']}², best of 5",
+        ),
         ("peak_rss_gb", f"{r['peak_rss_gb']:.2f}", "process peak"),
     ]
-    head = (f"spikect bench: image {r['image_size']}², T={r['t_steps']}, widths {r['widths']}, "
-            f"{r['neuron']}; {r['threads']} thread(s), torch {r['torch_version']}, {r['cpu']}")
+    head = (
+        f"spikect bench: image {r['image_size']}², T={r['t_steps']}, widths {r['widths']}, "
+        f"{r['neuron']}; {r['threads']} thread(s), torch {r['torch_version']}, {r['cpu']}"
+    )
     lines = [head, *(f"  {k:<26}{v:>12}   {note}" for k, v, note in rows)]
     return "\n".join([*lines, *(f"  note: {n}" for n in NOTES)])

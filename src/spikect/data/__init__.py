@@ -1,8 +1,8 @@
 """Datasets, splits, sampling and augmentation. Typical use::
 
-    split = make_splits(cfg.data)                      # or load_split(path); save_split(split, path)
-    train = build_dataset(cfg.data, split, "train", cfg.model.image_size, augment=True)
-    sampler = EpochSampler(train.labels, cfg.data.negative_fraction, seed=cfg.data.seed)
+split = make_splits(cfg.data)                      # or load_split(path); save_split(split, path)
+train = build_dataset(cfg.data, split, "train", cfg.model.image_size, augment=True)
+sampler = EpochSampler(train.labels, cfg.data.negative_fraction, seed=cfg.data.seed)
 """
 
 from __future__ import annotations
@@ -23,9 +23,24 @@ from spikect.data.sampler import EpochSampler, dataset_labels
 from spikect.data.splits import PARTS, DatasetSplit, Split, load_split, make_splits, resolve_root, save_split
 
 __all__ = [
-    "PARTS", "Augmenter", "ConcatSlices", "DatasetSplit", "EpochSampler", "SliceDataset", "SliceRecord",
-    "Split", "build_dataset", "clahe", "dataset_labels", "detect_layout", "list_records", "load_split",
-    "make_splits", "normalise_stem", "resolve_root", "save_split",
+    "PARTS",
+    "Augmenter",
+    "ConcatSlices",
+    "DatasetSplit",
+    "EpochSampler",
+    "SliceDataset",
+    "SliceRecord",
+    "Split",
+    "build_dataset",
+    "clahe",
+    "dataset_labels",
+    "detect_layout",
+    "list_records",
+    "load_split",
+    "make_splits",
+    "normalise_stem",
+    "resolve_root",
+    "save_split",
 ]
 
 
@@ -52,8 +67,10 @@ def build_dataset(
         records = [r for r in list_records(root, cfg, d.layout) if r.id in wanted]
         if len(records) != len(wanted):
             missing = sorted(wanted - {r.id for r in records})
-            raise ValueError(f"{d.root}: {len(missing)} id(s) of the split's {part} part are not in the data "
-                             f"(e.g. {missing[:3]}); the data changed since the split was made")
+            raise ValueError(
+                f"{d.root}: {len(missing)} id(s) of the split's {part} part are not in the data "
+                f"(e.g. {missing[:3]}); the data changed since the split was made"
+            )
         datasets.append(SliceDataset(root, records, image_size, list(cfg.mask_dirs), d.layout, augmenter))
     if not datasets:
         raise ValueError("the split lists no dataset roots")

@@ -110,8 +110,10 @@ def seg_records(
     """Records of a seg-layout root. Every slice there is COVID-positive: label 1 if ``seg_cls_labels``."""
     root = Path(root)
     rows = _read_csv(root / "slices.csv", ("file", "volume"))
-    present = {name: set(p.name for p in (root / d).iterdir()) if (root / d).is_dir() else set()
-               for name, d in mask_dirs.items()}
+    present = {
+        name: set(p.name for p in (root / d).iterdir()) if (root / d).is_dir() else set()
+        for name, d in mask_dirs.items()
+    }
     label = 1 if seg_cls_labels else -1
     prefix = _root_name(root)
     return [
@@ -145,8 +147,15 @@ def cls_records(root: str | Path, block_size: int = 50) -> list[SliceRecord]:
             raise ValueError(f"{root / 'images.csv'}: label must be 0 or 1, got {r['label']!r} ({r['file']})")
         number = int(r["number"]) if r.get("number") else seen.get(label, 0)
         seen[label] = seen.get(label, 0) + 1
-        records.append(SliceRecord(id=f"{prefix}/{r['file']}", group=block_id(label, number, block_size),
-                                   label=label, image=r["file"], number=number))
+        records.append(
+            SliceRecord(
+                id=f"{prefix}/{r['file']}",
+                group=block_id(label, number, block_size),
+                label=label,
+                image=r["file"],
+                number=number,
+            )
+        )
     return records
 
 
@@ -225,8 +234,16 @@ def nifti_records(root: str | Path, mask_names: list[str], seg_cls_labels: bool 
         axis = _nifti_plan(img.affine)[0]
         stem = nifti_stem(path.name)
         for z in range(shape[axis]):
-            records.append(SliceRecord(id=f"{prefix}/{path.name}:{z:04d}", group=stem, label=label,
-                                       image=str(path.relative_to(root)), masks=masks, slice_index=z))
+            records.append(
+                SliceRecord(
+                    id=f"{prefix}/{path.name}:{z:04d}",
+                    group=stem,
+                    label=label,
+                    image=str(path.relative_to(root)),
+                    masks=masks,
+                    slice_index=z,
+                )
+            )
     return records
 
 
@@ -339,12 +356,18 @@ class SliceDataset(Dataset):
             plan = _nifti_plan(nib.load(path).affine)
             z = r.slice_index or 0
             image = window_hu(np.maximum(_nifti_slice(path, z, plan), AIR_HU), self.window)
-            masks = {m: (_nifti_slice(self.root / f, z, plan) > 0).astype(np.uint8)
-                     for m, f in r.masks.items() if m in self.mask_names}
+            masks = {
+                m: (_nifti_slice(self.root / f, z, plan) > 0).astype(np.uint8)
+                for m, f in r.masks.items()
+                if m in self.mask_names
+            }
         else:
             image = display_to_unit(_read_display(self.root / r.image))
-            masks = {m: (_read_display(self.root / f) > 0).astype(np.uint8)
-                     for m, f in r.masks.items() if m in self.mask_names}
+            masks = {
+                m: (_read_display(self.root / f) > 0).astype(np.uint8)
+                for m, f in r.masks.items()
+                if m in self.mask_names
+            }
         return image, masks
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:

@@ -60,8 +60,11 @@ class Split:
             "seed": self.seed,
             "settings": self.settings,
             "datasets": [
-                {"root": d.root, "layout": d.layout,
-                 **{p: {"groups": d.groups[p], "ids": d.ids[p]} for p in PARTS}}
+                {
+                    "root": d.root,
+                    "layout": d.layout,
+                    **{p: {"groups": d.groups[p], "ids": d.ids[p]} for p in PARTS},
+                }
                 for d in self.datasets
             ],
         }
@@ -72,9 +75,12 @@ class Split:
             if data.get("version") != SPLIT_VERSION:
                 raise ValueError(f"unsupported split file version {data.get('version')!r}")
             datasets = [
-                DatasetSplit(root=str(d["root"]), layout=d["layout"],
-                             ids={p: [str(i) for i in d[p]["ids"]] for p in PARTS},
-                             groups={p: [str(g) for g in d[p]["groups"]] for p in PARTS})
+                DatasetSplit(
+                    root=str(d["root"]),
+                    layout=d["layout"],
+                    ids={p: [str(i) for i in d[p]["ids"]] for p in PARTS},
+                    groups={p: [str(g) for g in d[p]["groups"]] for p in PARTS},
+                )
                 for d in data["datasets"]
             ]
             return cls(seed=int(data["seed"]), datasets=datasets, settings=dict(data.get("settings", {})))
@@ -181,9 +187,13 @@ def split_records(
             sizes[r.group] = sizes.get(r.group, 0) + 1
         rng = random.Random(f"{cfg.seed}:{tag}:{layout}:{key}")
         parts = assign_groups(
-            sizes, rng, cfg.test_fraction, cfg.val_fraction,
+            sizes,
+            rng,
+            cfg.test_fraction,
+            cfg.val_fraction,
             train_only=cfg.train_only_groups if layout == "seg" else [],
-            test_groups=cfg.test_groups, val_groups=cfg.val_groups,
+            test_groups=cfg.test_groups,
+            val_groups=cfg.val_groups,
         )
         part_of.update({g: p for p, gs in parts.items() for g in gs})
     ids, groups = {}, {}
@@ -199,8 +209,11 @@ def make_splits(cfg: DataConfig, base: str | Path | None = None) -> Split:
     """Split every root of ``cfg.seg_roots``, ``cls_roots`` and ``nifti_roots`` (relative to ``base``)."""
     datasets: list[DatasetSplit] = []
     all_groups: set[str] = set()
-    wanted: list[tuple[str, Layout]] = [(r, "seg") for r in cfg.seg_roots] + \
-        [(r, "cls") for r in cfg.cls_roots] + [(r, "nifti") for r in cfg.nifti_roots]
+    wanted: list[tuple[str, Layout]] = (
+        [(r, "seg") for r in cfg.seg_roots]
+        + [(r, "cls") for r in cfg.cls_roots]
+        + [(r, "nifti") for r in cfg.nifti_roots]
+    )
     for root, layout in wanted:
         path = resolve_root(root, base)
         found = detect_layout(path)
@@ -216,6 +229,16 @@ def make_splits(cfg: DataConfig, base: str | Path | None = None) -> Split:
         unused = [p for p in patterns if not any(fnmatch.fnmatchcase(g, p) for g in all_groups)]
         if unused:  # a typo here would silently fall back to a random split
             raise ValueError(f"data.{name}: {unused} match no group of any dataset")
-    settings = {k: getattr(cfg, k) for k in ("val_fraction", "test_fraction", "block_size", "max_per_split",
-                                             "train_only_groups", "test_groups", "val_groups")}
+    settings = {
+        k: getattr(cfg, k)
+        for k in (
+            "val_fraction",
+            "test_fraction",
+            "block_size",
+            "max_per_split",
+            "train_only_groups",
+            "test_groups",
+            "val_groups",
+        )
+    }
     return Split(seed=cfg.seed, datasets=datasets, settings=settings)
