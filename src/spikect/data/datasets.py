@@ -42,6 +42,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from spikect.config import DataConfig
 from spikect.data.augment import Augmenter, one_thread
+from spikect.io.volume import AIR_HU  # padding reads as air, as at inference
 from spikect.preprocess import LUNG_WINDOW, display_to_unit, resize_image, resize_mask, window_hu
 
 Layout = Literal["seg", "cls", "nifti"]
@@ -49,9 +50,6 @@ LAYOUTS: tuple[Layout, ...] = ("seg", "cls", "nifti")
 NIFTI_IMAGE_DIR = "ct_scans"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CLASS_NAMES = {1: "COVID", 0: "NonCOVID"}
-# Scanner padding outside the field of view (-2048, -3024) is read as air, as spikect.io does at inference,
-# so the circle around the FOV looks the same in training and inference.
-AIR_HU = -1024.0
 
 
 @dataclass
