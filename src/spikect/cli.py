@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from spikect.config import load_config
+    from spikect.distributed import is_main_process
     from spikect.train import train
 
     if args.resume is None and args.config is None:
@@ -52,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = load_checkpoint(args.resume).config
     best = train(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(f"best checkpoint: {best}")
+    if is_main_process():  # under torchrun, rank 0 speaks for the job
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -68,6 +71,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         part=args.part,
         progress=not args.no_progress,
+        vflip=args.vflip,
+        gamma=args.gamma,
     )
     print(format_table(result))
     if args.json:
@@ -81,6 +86,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from spikect.config import load_config
 
     run_bench(load_config(args.config), args.json)
+    return 0
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from spikect.energy import format_table, run_energy
+
+    if args.data is None:
+        raise UsageError("give --data ROOT (a folder in the seg or classification layout)")
+    result = run_energy(
+        args.weights,
+        args.data,
+        e_ac_pj=args.e_ac_pj,
+        e_mac_pj=args.e_mac_pj,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -116,6 +142,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from spikect.app import create_app, from_env
+        from spikect.app.settings import MB, is_loopback, local_host_names
+    except ImportError as exc:
+        raise UsageError(f"spikect serve needs the app extra: pip install 'spikect[app]' ({exc})") from None
+
+    settings = from_env(
+        home=args.home,
+        weights=args.weights,
+        token=args.token,
+        max_upload_bytes=args.max_upload_mb * MB,
+        queue_size=args.queue_size,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    local = is_loopback(args.host)
+    if not local and settings.token is None:
+        raise UsageError(
+            f"refusing to listen on {args.host} without a token: anyone who can reach this machine could "
+            "read and upload scans; add --token SECRET (or set SPIKECT_TOKEN), or keep --host 127.0.0.1"
+        )
+    if args.max_upload_mb < 1 or args.queue_size < 1:
+        raise UsageError("--max-upload-mb and --queue-size must be at least 1")
+    if local:
+        settings = dataclasses.replace(settings, allowed_hosts=local_host_names(args.port))
+    app = create_app(settings)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    shown = f"[{shown}]" if ":" in shown else shown
+    print(f"spikect serve: data in {settings.home}; model {settings.weights}")
+    print(f"spikect serve: open http://{shown}:{args.port}/  (API docs at /docs)")
+    if settings.token is not None:
+        print("spikect serve: every API call needs 'Authorization: Bearer <token>'; the page asks for it")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spikect", description="Brain-inspired lung CT diagnosis with a hybrid spiking network."
@@ -142,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test"],
         help="score only this part of the checkpoint's own split (e.g. its held-out test patients)",
     )
+    e.add_argument("--vflip", action="store_true", help="robustness: flip slices and masks upside down")
+    e.add_argument("--gamma", type=float, default=1.0, help="robustness: change contrast, intensity ** GAMMA")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="cpu")
     e.add_argument("--no-progress", action="store_true")
@@ -183,12 +250,48 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_demo)
 
+    v = sub.add_parser("serve", help="the diagnosis app in the browser (and its REST API)")
+    v.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument(
+        "--token",
+        help="required on every API call (Authorization: Bearer); needed for a non-local --host; "
+        "or set SPIKECT_TOKEN, which other users cannot see in ps",
+    )
+    v.add_argument(
+        "--home", help="data folder: database, uploads, results (default $SPIKECT_HOME or ~/.spikect)"
+    )
+    v.add_argument(
+        "--weights", help="checkpoint .safetensors, or 'default' (default $SPIKECT_WEIGHTS or 'default')"
+    )
+    v.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload in MB (default 1024)")
+    v.add_argument(
+        "--queue-size", type=int, default=8, help="studies that may wait for the worker (default 8)"
+    )
+    v.add_argument("--device", default="cpu", help="cpu or cuda")
+    v.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    v.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
+    v.set_defaults(func=cmd_serve)
+
     b = sub.add_parser("bench", help="speed, memory and FLOP figures of a config on this machine")
     b.add_argument(
         "--config", default=str(default_config_path()), help="YAML config (default: the shipped default)"
     )
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
+
+    g = sub.add_parser("energy", help="energy per image: hybrid SNN vs the same net as an ANN")
+    g.add_argument("--weights", default="default", help="checkpoint .safetensors, or 'default'")
+    g.add_argument("--data", metavar="ROOT", help="folder of slices (seg or classification layout)")
+    g.add_argument("--e-ac-pj", type=float, default=0.9, help="energy per accumulate, pJ (fp32 add)")
+    g.add_argument("--e-mac-pj", type=float, default=4.6, help="energy per multiply-accumulate, pJ (fp32)")
+    g.add_argument("--max-images", type=int, default=64, help="evenly spaced slices of ROOT to average")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--json", help="write the figures to this JSON file")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(func=cmd_energy)
     return p
 
 

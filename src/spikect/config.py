@@ -118,15 +118,16 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 60
-    batch_size: int = 8
+    batch_size: int = 8  # per process: under torchrun the global batch is batch_size x WORLD_SIZE
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without validation improvement before stopping
     seed: int = 0
-    num_workers: int = 0
-    device: str = "cpu"
+    num_workers: int = 0  # DataLoader worker processes per training process
+    device: str = "cpu"  # cpu | cuda (under torchrun each process takes cuda:LOCAL_RANK)
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default
     grad_clip: float = 5.0
+    amp: str = "auto"  # auto (bf16 on a CUDA GPU that has it, else none) | bf16 (CUDA only) | none
 
 
 @dataclass
@@ -243,5 +244,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"head {h.name!r}: type must be 'cls' or 'seg', got {h.type!r}")
         if h.type == "seg" and h.widths is not None and len(h.widths) != m.levels:
             raise ConfigError(f"head {h.name!r}: widths needs {m.levels} entries (one per level)")
+    if cfg.train.amp not in ("auto", "bf16", "none"):
+        raise ConfigError(f"train.amp must be 'auto', 'bf16' or 'none', got {cfg.train.amp!r}")
     if cfg.loss.weighting not in ("fixed", "uncertainty"):
         raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', got {cfg.loss.weighting!r}")

@@ -37,10 +37,15 @@ KEYS = (
 
 
 class _OwnSize(Dataset):
-    """Model input at the model's size + the masks at the image's own size (for scoring)."""
+    """Model input at the model's size + the masks at the image's own size (for scoring).
 
-    def __init__(self, ds: SliceDataset) -> None:
+    ``vflip`` and ``gamma`` perturb the input (the flip also flips the target) for robustness checks:
+    the same slices upside down, or with another display contrast (intensity ** gamma)."""
+
+    def __init__(self, ds: SliceDataset, vflip: bool = False, gamma: float = 1.0) -> None:
         self.ds = ds
+        self.vflip = vflip
+        self.gamma = gamma
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -48,6 +53,11 @@ class _OwnSize(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, masks = self.ds.load(i)
         r = self.ds.records[i]
+        if self.vflip:
+            image = np.ascontiguousarray(image[::-1])
+            masks = {k: np.ascontiguousarray(v[::-1]) for k, v in masks.items()}
+        if self.gamma != 1.0:
+            image = np.power(image, self.gamma, dtype=np.float32)
         x = torch.from_numpy(resize_image(image, self.ds.image_size))[None]
         return {"image": x, "masks": masks, "label": r.label, "group": r.group, "size": image.shape}
 
@@ -80,6 +90,8 @@ def evaluate(
     device: str = "cpu",
     part: str | None = None,
     progress: bool = True,
+    vflip: bool = False,
+    gamma: float = 1.0,
 ) -> dict[str, Any]:
     root = Path(root)
     if not root.is_dir():
@@ -90,7 +102,9 @@ def evaluate(
     records = select_part(list_records(root, data_cfg, layout), ckpt.meta.get("split"), part)
     masks = list(data_cfg.mask_dirs)
     ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
-    loader = DataLoader(_OwnSize(ds), batch_size=batch_size, collate_fn=_collate)
+    if gamma <= 0:
+        raise ValueError(f"--gamma must be > 0, got {gamma}")
+    loader = DataLoader(_OwnSize(ds, vflip, gamma), batch_size=batch_size, collate_fn=_collate)
 
     seg_heads = {h.name: h.mask for h in ckpt.config.model.heads if h.type == "seg"}
     cls_heads = [h.name for h in ckpt.config.model.heads if h.type == "cls"]

@@ -73,6 +73,15 @@ class VolumeOverlap:
         c.target += int(np.count_nonzero(t))
         c.n_slices += 1 if p.ndim == 2 else p.shape[0]
 
+    def merge(self, other: VolumeOverlap) -> None:
+        """Add ``other``'s counts (e.g. another rank's slices; a volume may be split between the two)."""
+        for vid, c in other._counts.items():
+            mine = self._counts.setdefault(vid, _Counts())
+            mine.intersection += c.intersection
+            mine.pred += c.pred
+            mine.target += c.target
+            mine.n_slices += c.n_slices
+
     def _scores(self, c: _Counts) -> tuple[float | None, float | None]:
         total = c.pred + c.target
         if total == 0:

@@ -4,6 +4,12 @@ Outputs in ``out_dir``: ``split.json``, ``log.csv`` (one row per epoch), ``loss.
 the total, train and validation), ``last.safetensors`` (with optimizer state, written every epoch) and
 ``best.safetensors`` (best validation score). ``--resume last.safetensors`` continues from the epoch after
 the last one completed, so a crash loses at most the epoch in progress.
+
+Under ``torchrun`` (see :mod:`spikect.distributed` and the README) every process trains a replica wrapped in
+DistributedDataParallel on its shard of each epoch's list; validation is sharded too and its counts are
+gathered, so every rank computes the same metrics over the whole validation set (and takes the same
+early-stopping decision). Only rank 0 prints and writes files. BatchNorm keeps per-rank batch statistics
+(SyncBatchNorm has no CPU implementation; rank 0's running averages are broadcast after each epoch).
 """
 
 from __future__ import annotations
@@ -12,30 +18,51 @@ import csv
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from spikect.checkpoint import load_checkpoint, save_checkpoint
+from spikect import distributed
+from spikect.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from spikect.config import Config
 from spikect.data import build_dataset
 from spikect.data.sampler import EpochSampler
 from spikect.data.splits import Split, make_splits, save_split
+from spikect.distributed import SINGLE, Dist
 from spikect.losses import MultiTaskLoss
 from spikect.metrics import VolumeOverlap, classification_metrics
 from spikect.model.heads import class_probabilities
 from spikect.model.network import MultiTaskNet
+
+# Rank r's epoch seed is the single-process one + r * RANK_SEED_STRIDE: rank 0 draws as a single process
+# does, the others draw different augmentations (distinct while seed * 1000 + epoch < the stride).
+RANK_SEED_STRIDE = 1_000_003
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device``; None runs in float32."""
+    if amp == "none":
+        return None
+    cuda = device.type == "cuda"
+    if amp == "bf16":
+        if not cuda:
+            raise ValueError("train.amp: bf16 is for CUDA devices; use 'auto' or 'none' on the CPU")
+        return torch.bfloat16
+    # auto: bf16 where it is native (compute capability 8.0+, e.g. A100/H100); untested here (no GPU)
+    return torch.bfloat16 if cuda and torch.cuda.get_device_capability(device)[0] >= 8 else None
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -49,63 +76,137 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+class Objective(nn.Module):
+    """The network and its multi-task loss as one module, so that DistributedDataParallel averages the
+    gradients of learned loss weights (``loss.weighting: uncertainty``) along with the network's."""
+
+    def __init__(
+        self,
+        model: MultiTaskNet,
+        loss_fn: MultiTaskLoss,
+        firing_rate_l2: float = 0.0,
+        amp: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.firing_rate_l2 = firing_rate_l2
+        self.amp = amp
+
+    def forward(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """→ (total loss, per-head losses, network outputs)."""
+        image = batch["image"]
+        if self.amp is None:
+            out = self.model(image)
+        else:  # untested here (no GPU): bf16 network, float32 losses
+            with torch.autocast(image.device.type, dtype=self.amp):
+                out = self.model(image)
+            out = {k: v.float() for k, v in out.items()}
+        total, parts = self.loss_fn(out, batch)
+        if self.training:
+            if self.firing_rate_l2 > 0:
+                total = total + self.firing_rate_l2 * self.model.mean_rate() ** 2
+            # DDP looks for unused parameters from the returned tensors: a head left out of the loss
+            # (no target in this batch) must not look used through its output
+            out = {k: v.detach() for k, v in out.items()}
+        return total, parts, out
+
+
 @dataclass
 class EpochResult:
     losses: dict[str, float]  # per head + "total"
     metrics: dict[str, float | None]
 
 
+@dataclass
+class Tally:
+    """What one pass accumulates; picklable, so the ranks' tallies can be gathered and merged."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    overlaps: dict[str, VolumeOverlap] = field(default_factory=dict)
+    probs: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def add_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def merge(self, other: Tally) -> None:
+        for name, value in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + other.counts[name]
+        for name, acc in other.overlaps.items():
+            self.overlaps.setdefault(name, VolumeOverlap()).merge(acc)
+        self.probs += other.probs
+        self.labels += other.labels
+
+    def result(self, scored: bool) -> EpochResult:
+        """Mean loss per batch and head; with ``scored``, Dice per mask and the cls AUC and accuracy."""
+        losses = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        metrics: dict[str, float | None] = {}
+        if scored:
+            for name, acc in self.overlaps.items():
+                metrics[f"{name}_dice"] = acc.dice()
+            if self.labels:
+                y, p = np.concatenate(self.labels), np.concatenate(self.probs)
+                cm = classification_metrics(p, y) if len(y) else {}
+                metrics.update({"auc": cm.get("auc"), "accuracy": cm.get("accuracy")})
+        return EpochResult(losses, metrics)
+
+
+def gather_tally(tally: Tally, env: Dist) -> Tally:
+    """Every rank's tally merged in rank order (the same on all ranks); ``tally`` itself in one process."""
+    if not env.enabled:
+        return tally
+    merged = Tally()
+    for part in distributed.all_gather(tally, env):
+        merged.merge(part)
+    return merged
+
+
 def run_epoch(
-    model: MultiTaskNet,
-    loss_fn: MultiTaskLoss,
+    objective: Objective,
     loader: DataLoader,
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
-    cfg: Config | None = None,
+    grad_clip: float = 0.0,
     desc: str = "",
     progress: bool = True,
+    ddp: nn.Module | None = None,
+    env: Dist = SINGLE,
 ) -> EpochResult:
-    """One pass over ``loader``: trains when an optimizer is given, else evaluates and scores without grad."""
+    """One pass over ``loader``: trains when an optimizer is given, else evaluates and scores without grad.
+
+    Training steps go through ``ddp`` (the DDP-wrapped ``objective``) when given; evaluation always uses
+    the bare ``objective``, which runs no collective, so ranks may have different numbers of batches.
+    Losses and scores are merged over ``env``'s ranks.
+    """
     training = optimizer is not None
-    model.train(training)
-    loss_fn.train(training)
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    overlaps: dict[str, VolumeOverlap] = {}
-    probs: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    penalty = cfg.loss.firing_rate_l2 if cfg is not None else 0.0
-    model.track_rates(training and penalty > 0)
+    step = ddp if training and ddp is not None else objective
+    step.train(training)
+    model = objective.model
+    model.track_rates(training and objective.firing_rate_l2 > 0)
+    tally = Tally()
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     for batch in bar:
         batch = to_device(batch, device)
         with torch.set_grad_enabled(training):
-            out = model(batch["image"])
-            total, parts = loss_fn(out, batch)
-            if training and penalty > 0:
-                total = total + penalty * model.mean_rate() ** 2
+            total, parts, out = step(batch)
         if training:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if cfg is not None and cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-        for name, value in {**parts, "total": total}.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
-            counts[name] = counts.get(name, 0) + 1
-        bar.set_postfix(loss=f"{sums['total'] / counts['total']:.4f}")
+        tally.add_losses({**parts, "total": total})
+        bar.set_postfix(loss=f"{tally.sums['total'] / tally.counts['total']:.4f}")
         if not training:
-            _score_batch(model, out, batch, overlaps, probs, labels)
-    losses = {k: sums[k] / counts[k] for k in sums}
-    metrics: dict[str, float | None] = {}
-    if not training:
-        for name, acc in overlaps.items():
-            metrics[f"{name}_dice"] = acc.dice()
-        if labels:
-            y, p = np.concatenate(labels), np.concatenate(probs)
-            cm = classification_metrics(p, y) if len(y) else {}
-            metrics.update({"auc": cm.get("auc"), "accuracy": cm.get("accuracy")})
-    return EpochResult(losses, metrics)
+            _score_batch(model, out, batch, tally.overlaps, tally.probs, tally.labels)
+    return gather_tally(tally, env).result(scored=not training)
 
 
 def _score_batch(model, out, batch, overlaps, probs, labels) -> None:
@@ -169,45 +270,80 @@ def plot_losses(path: Path, history: list[dict[str, Any]], heads: list[str]) -> 
     tmp.replace(path)
 
 
-def make_loaders(cfg: Config, split: Split) -> tuple[DataLoader, DataLoader, EpochSampler]:
+def make_loaders(
+    cfg: Config, split: Split, env: Dist = SINGLE, pin_memory: bool = False
+) -> tuple[DataLoader, DataLoader, EpochSampler]:
+    """Training loader over this rank's shard of each epoch's list; validation loader over its share
+    ``[rank::world_size]`` of the validation set (unpadded, so merged scores count every slice once)."""
     size = cfg.model.image_size
     train_set = build_dataset(cfg.data, split, "train", size, augment=cfg.data.augment.enabled)
     val_set = build_dataset(cfg.data, split, "val", size, augment=False)
     if len(train_set) == 0:
         raise ValueError("the training split is empty: check data roots and split fractions in the config")
-    sampler = EpochSampler(train_set.labels, cfg.data.negative_fraction, seed=cfg.train.seed)
-    common = {"num_workers": cfg.train.num_workers, "persistent_workers": cfg.train.num_workers > 0}
+    sampler = EpochSampler(
+        train_set.labels,
+        cfg.data.negative_fraction,
+        seed=cfg.train.seed,
+        num_replicas=env.world_size,
+        rank=env.rank,
+    )
+    # Drop the incomplete last batch unless the epoch is smaller than one batch. Under DDP the sampler
+    # first cuts the list to a multiple of the ranks, so the steps are exactly the single-process steps
+    # at the global batch size; an epoch smaller than one global batch is padded instead.
+    drop_last = sampler.total_size > cfg.train.batch_size * env.world_size
+    sampler.drop_last = drop_last
+    # Workers are started afresh every epoch (not persistent): each takes its seed from the main process's
+    # RNG, which is seeded per epoch, so augmentation draws depend on the epoch, not on the run's history,
+    # and a resumed run stays bit-identical with workers too.
+    common = {"num_workers": cfg.train.num_workers, "pin_memory": pin_memory}
     train_loader = DataLoader(
         train_set,
         cfg.train.batch_size,
         sampler=sampler,
-        drop_last=len(sampler) > cfg.train.batch_size,
+        drop_last=drop_last,
         **common,
     )
-    val_loader = DataLoader(val_set, cfg.train.batch_size, shuffle=False, **common)
+    if env.enabled:
+        val_shard = range(env.rank, len(val_set), env.world_size)
+        val_loader = DataLoader(val_set, cfg.train.batch_size, sampler=val_shard, **common)
+    else:
+        val_loader = DataLoader(val_set, cfg.train.batch_size, shuffle=False, **common)
     return train_loader, val_loader, sampler
 
 
 def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train ``cfg`` into ``out_dir``; returns the path of the best checkpoint."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.train.device)
+    """Train ``cfg`` into ``out_dir``; returns the path of the best checkpoint.
+
+    Under torchrun this process joins the job and trains data-parallel: ``resume`` must then be readable
+    by every process, and only rank 0 writes ``out_dir``.
+    """
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    if ckpt is not None:
+        cfg = ckpt.config  # the run continues under the config it started with
+    with distributed.session(cfg.train.device) as (env, device):
+        return _train(cfg, Path(out_dir), ckpt, progress, env, device)
+
+
+def _train(
+    cfg: Config, out: Path, ckpt: Checkpoint | None, progress: bool, env: Dist, device: torch.device
+) -> Path:
+    main = env.is_main
+    show = progress and main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
     state: dict[str, Any] = {"epoch": -1, "history": [], "best_score": -math.inf, "bad_epochs": 0}
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        cfg = ckpt.config  # the run continues under the config it started with
+    if ckpt is not None:
         split = Split.from_dict(ckpt.meta["split"])
         state.update({k: ckpt.meta[k] for k in state})
-    else:
-        split = make_splits(cfg.data)
-    save_split(split, out / "split.json")
-    cfg.save(out / "config.yaml")
+    else:  # rank 0's split, so that a data folder that differs between nodes cannot split differently
+        split = distributed.broadcast(make_splits(cfg.data) if main else None, env)
+    if main:
+        save_split(split, out / "split.json")
+        cfg.save(out / "config.yaml")
 
     model = MultiTaskNet(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss).to(device)
@@ -218,8 +354,18 @@ def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, pr
         loss_fn.load_state_dict(ckpt.loss)
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
+    objective = Objective(model, loss_fn, cfg.loss.firing_rate_l2, amp_dtype(cfg.train.amp, device))
+    ddp = None
+    if env.enabled:
+        # find_unused_parameters: a seg head whose mask no sample of a rank's batch has gets no gradient
+        # there. DDP starts every replica from rank 0's weights and buffers.
+        ddp = DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
 
-    train_loader, val_loader, sampler = make_loaders(cfg, split)
+    train_loader, val_loader, sampler = make_loaders(cfg, split, env, pin_memory=device.type == "cuda")
     heads = [h.name for h in cfg.model.heads]
     first = state["epoch"] + 1
     epochs = tqdm(
@@ -227,19 +373,21 @@ def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, pr
         desc="epochs",
         initial=first,
         total=cfg.train.epochs,
-        disable=not progress,
+        disable=not show,
         dynamic_ncols=True,
     )
     for epoch in epochs:
         t0 = time.time()
-        seed_everything(
-            cfg.train.seed * 1000 + epoch
-        )  # augmentation draws depend on the epoch, not the history
+        # augmentation draws depend on the epoch (and rank), not the history
+        seed_everything(cfg.train.seed * 1000 + epoch + env.rank * RANK_SEED_STRIDE)
         sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
-        tr = run_epoch(model, loss_fn, train_loader, device, optimizer, cfg, f"train {epoch}", progress)
-        va = run_epoch(model, loss_fn, val_loader, device, None, cfg, f"val {epoch}", progress)
+        tr = run_epoch(
+            objective, train_loader, device, optimizer, cfg.train.grad_clip, f"train {epoch}", show, ddp, env
+        )
+        digests = _check_replicas(objective, env)
+        va = run_epoch(objective, val_loader, device, None, 0.0, f"val {epoch}", show, None, env)
         score = validation_score(va.metrics, va.losses.get("total", math.inf))
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in tr.losses.items()})
@@ -255,20 +403,37 @@ def train(cfg: Config, out_dir: str | Path, resume: str | Path | None = None, pr
         else:
             state["bad_epochs"] += 1
         meta = {**state, "split": split.to_dict(), "metrics": va.metrics, "val_score": score}
-        if improved:
-            save_checkpoint(out / "best.safetensors", model, cfg, meta, loss_fn)
-        save_checkpoint(out / "last.safetensors", model, cfg, meta, loss_fn, optimizer)
-        write_log(out / "log.csv", state["history"])
-        plot_losses(out / "loss.png", state["history"], heads)
+        if env.enabled:
+            meta.update({"world_size": env.world_size, "replica_digests": digests})
+        if main:
+            if improved:
+                save_checkpoint(out / "best.safetensors", model, cfg, meta, loss_fn)
+            save_checkpoint(out / "last.safetensors", model, cfg, meta, loss_fn, optimizer)
+            write_log(out / "log.csv", state["history"])
+            plot_losses(out / "loss.png", state["history"], heads)
         epochs.set_postfix(score=f"{score:.4f}", best=f"{state['best_score']:.4f}")
-        if not progress:
+        if main and not progress:
             print(
                 f"epoch {epoch}: train {tr.losses['total']:.4f} "
                 f"val {va.losses.get('total', float('nan')):.4f} "
                 f"score {score:.4f}",
                 flush=True,
             )
+        # every rank computed the same score from the same gathered tallies, so all stop together
         if state["bad_epochs"] >= cfg.train.patience:
-            tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
+            if main:
+                tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
             break
     return out / "best.safetensors"
+
+
+def _check_replicas(objective: Objective, env: Dist) -> list[str] | None:
+    """Give every rank rank 0's BatchNorm running averages, then check that all replicas are bit-identical
+    (DDP's contract; a difference is a bug, and the checkpoint would hold only rank 0's version)."""
+    if not env.enabled:
+        return None
+    distributed.broadcast_buffers(objective, env)
+    digests = distributed.all_gather(distributed.state_digest([objective]), env)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the replicas' weights differ between ranks after the epoch: {digests}")
+    return digests
