@@ -156,6 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         weights=args.weights,
         token=args.token,
         max_upload_bytes=args.max_upload_mb * MB,
+        max_extract_bytes=4 * args.max_upload_mb * MB,  # what a zip may inflate to
         queue_size=args.queue_size,
         device=args.device,
         batch_size=args.batch_size,
