@@ -59,11 +59,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_and_save(table: str, result: dict, json_path: str | None) -> int:
+    """Print a command's table; write its figures to ``json_path`` when given."""
+    print(table)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from spikect.evaluate import evaluate, format_table
 
-    if args.weights is None:
-        raise UsageError("give --weights PATH (or --weights default once a default model is shipped)")
     result = evaluate(
         args.root,
         args.weights,
@@ -74,11 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         vflip=args.vflip,
         gamma=args.gamma,
     )
-    print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return _print_and_save(format_table(result), result, args.json)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -103,11 +106,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return _print_and_save(format_table(result), result, args.json)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -201,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score a model on a folder in the seg or classification layout")
     e.add_argument("root", help="folder with slices.csv (segmentation) or images.csv (classification)")
-    e.add_argument("--weights", help="checkpoint .safetensors, or 'default'")
+    e.add_argument("--weights", default="default", help="checkpoint .safetensors, or 'default' (shipped)")
     e.add_argument("--json", help="write the metrics to this JSON file")
     e.add_argument(
         "--part",
