@@ -225,7 +225,8 @@ def write_overlay(diag: Diagnosis, volume: Volume, path: str | Path, title: str 
     n = len(pick_slices(diag))
     ncols = min(3, n)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(2.6 * ncols + 0.2, 2.6 * nrows + 0.9), dpi=100)
+    # at least 5.6 in wide so the headline and disclaimer fit even for a one-slice montage
+    fig = Figure(figsize=(max(2.6 * ncols + 0.2, 5.6), 2.6 * nrows + 0.9), dpi=100)
     top = 1.0 - 0.62 / fig.get_figheight()
     bottom = 0.42 / fig.get_figheight()
     fig.suptitle(f"{title}\n{_headline(diag)}" if title else _headline(diag), fontsize=9, y=0.995, va="top")
