@@ -36,6 +36,19 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return cfg
 
 
+def save_tiny_checkpoint(path: Path) -> Path:
+    """A randomly initialised tiny model as a checkpoint: enough to exercise every pipeline, no training."""
+    import torch
+
+    from spikect.checkpoint import save_checkpoint
+    from spikect.model.network import MultiTaskNet
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config(t_steps=2)
+    save_checkpoint(path, MultiTaskNet(cfg), Config(model=cfg))
+    return path
+
+
 @pytest.fixture
 def tiny_config() -> Config:
     return Config(model=tiny_model_config())

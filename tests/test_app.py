@@ -22,7 +22,6 @@ from pathlib import Path
 import anyio
 import nibabel as nib
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -32,23 +31,16 @@ from spikect.app.settings import is_loopback, local_host_names
 from spikect.app.store import INTERRUPTED
 from spikect.app.uploads import UploadError, receive_upload
 from spikect.app.zipsafe import extract_zip
-from spikect.checkpoint import save_checkpoint
 from spikect.cli import main
-from spikect.config import Config
 from spikect.diagnose import run_diagnose
-from spikect.model.network import MultiTaskNet
-from tests.conftest import shared, tiny_model_config
+from tests.conftest import save_tiny_checkpoint, shared
 
 BOUNDARY = "spikect-test-boundary"
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = tiny_model_config(t_steps=2)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_checkpoint(path, MultiTaskNet(cfg), Config(model=cfg))
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @contextmanager

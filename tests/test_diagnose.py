@@ -26,16 +26,15 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import spikect.report as report_mod
 from spikect import postprocess as pp
-from spikect.checkpoint import Checkpoint, default_weights_path, save_checkpoint
+from spikect.checkpoint import Checkpoint, default_weights_path
 from spikect.cli import main
 from spikect.config import Config, HeadConfig, ModelConfig
 from spikect.diagnose import Diagnosis, classify_patient, diagnose, output_name, unique_names
 from spikect.io import load_volume
-from spikect.model.network import MultiTaskNet
 from spikect.phantom import make_phantom, write_phantom_nifti
 from spikect.preprocess import window_hu
 from spikect.report import write_outputs
-from tests.conftest import shared, tiny_model_config
+from tests.conftest import save_tiny_checkpoint, shared
 
 SMALL = (24, 96, 96)  # phantom shape for fast runs
 SMALL_SPACING = (10.0, 3.7, 3.7)
@@ -59,11 +58,7 @@ REGION_KEYS = {
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = tiny_model_config(t_steps=2)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_checkpoint(path, MultiTaskNet(cfg), Config(model=cfg))
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
