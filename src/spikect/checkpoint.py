@@ -90,6 +90,11 @@ def save_checkpoint(
 def _refuse_non_safetensors(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(16)
+    (n,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (0,)
+    # A safetensors file starts with its header's length (8 bytes, little-endian) and the JSON header; test
+    # that first: a length whose low byte is 0x80 (e.g. 0x5480) starts the file like a pickle does.
+    if len(head) >= 10 and head[8:9] == b"{" and n <= path.stat().st_size:
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path} is a pickle/zip PyTorch checkpoint; spikect only loads .safetensors files because "
@@ -97,7 +102,6 @@ def _refuse_non_safetensors(path: Path) -> None:
         )
     if len(head) < 10 or head[8:9] != b"{":
         raise CheckpointError(f"{path} is not a safetensors file (truncated or another format)")
-    (n,) = struct.unpack("<Q", head[:8])
     if n > path.stat().st_size:
         raise CheckpointError(f"{path} is truncated: header says {n} bytes, file is {path.stat().st_size}")
 

@@ -109,6 +109,15 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return _print_and_save(format_table(result), result, args.json)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from spikect.compare import run_compare
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    run_compare(args.config, out, progress=not args.no_progress)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from spikect.diagnose import run_diagnose
 
@@ -292,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", help="write the figures to this JSON file")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=cmd_energy)
+
+    c = sub.add_parser("compare", help="the hybrid SNN against ANN and single-task baselines, as a report")
+    c.add_argument("--config", required=True, help="compare file (see configs/compare.yaml)")
+    c.add_argument("--out", metavar="DIR", help="output folder (default runs/<config name>); reruns resume")
+    c.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+    c.set_defaults(func=cmd_compare)
     return p
 
 

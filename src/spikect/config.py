@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+T = typing.TypeVar("T")
+
 
 @dataclass
 class NeuronConfig:
@@ -103,6 +105,9 @@ class DataConfig:
     # Seg-layout slices are all COVID-positive. Feeding them to the cls head teaches it "full field of view
     # means positive" (a source confound), so by default only the same-source cls set trains the cls head.
     seg_cls_labels: bool = False
+    # Keep only these labels of the cls roots (None: all). [0] with seg_cls_labels gives the source-confounded
+    # setup (positives from one dataset, negatives from another) that `spikect compare` measures.
+    cls_labels: list[int] | None = None
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -201,6 +206,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def build_dataclass(cls: type[T], data: Any, where: str) -> T:
+    """A dataclass from a YAML mapping, with the config's checks (unknown keys and wrong types are errors)."""
+    return _build(cls, data, where)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -8,6 +8,9 @@ volumes. Classification: slice level; every seg-layout slice counts as COVID-pos
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from spikect.data import SliceDataset, detect_layout, list_records
 from spikect.data.splits import PARTS, Split
 from spikect.metrics import VolumeOverlap, classification_metrics
 from spikect.model.heads import class_probabilities
+from spikect.model.network import MultiTaskNet
 from spikect.preprocess import resize_image, resize_logits
 
 KEYS = (
@@ -59,13 +63,89 @@ class _OwnSize(Dataset):
         if self.gamma != 1.0:
             image = np.power(image, self.gamma, dtype=np.float32)
         x = torch.from_numpy(resize_image(image, self.ds.image_size))[None]
-        return {"image": x, "masks": masks, "label": r.label, "group": r.group, "size": image.shape}
+        return {
+            "image": x,
+            "masks": masks,
+            "label": r.label,
+            "group": r.group,
+            "id": r.id,
+            "size": image.shape,
+        }
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: [it[k] for it in items] for k in items[0]}
     out["image"] = torch.stack(out["image"])
     return out
+
+
+@dataclass
+class Scores:
+    """Predictions on test slices, accumulated over one or more datasets; :func:`summarise` reads them."""
+
+    overlaps: dict[str, VolumeOverlap] = field(default_factory=dict)  # by mask name
+    probs: list[float] = field(default_factory=list)  # p(COVID) of every labelled slice
+    labels: list[int] = field(default_factory=list)
+    n_images: int = 0
+    forward_s: float = 0.0  # seconds inside the forward passes: the inference time, without data loading
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {mask: bool [H, W], "p": float}
+
+
+def score(
+    model: MultiTaskNet,
+    ds: SliceDataset,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = True,
+    vflip: bool = False,
+    gamma: float = 1.0,
+    scores: Scores | None = None,
+    keep: Collection[str] = (),
+) -> Scores:
+    """Run ``model`` on ``ds`` at its input size and score every head at each slice's own size, adding to
+    ``scores``. The slices whose id is in ``keep`` also keep their predicted masks and p(COVID) (figures)."""
+    scores = Scores() if scores is None else scores
+    own = _OwnSize(ds, vflip, gamma)
+    loader = DataLoader(own, batch_size=batch_size, collate_fn=_collate)
+    seg_heads = {h.name: h.mask for h in model.cfg.heads if h.type == "seg"}
+    cls_heads = [h.name for h in model.cfg.heads if h.type == "cls"]
+    for mask in seg_heads.values():
+        scores.overlaps.setdefault(mask, VolumeOverlap())
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+            start = time.perf_counter()
+            out = {k: v.float().cpu() for k, v in model(batch["image"].to(device)).items()}  # (syncs a GPU)
+            scores.forward_s += time.perf_counter() - start
+            scores.n_images += len(batch["id"])
+            p = class_probabilities(out[cls_heads[0]])[:, 1].tolist() if cls_heads else None
+            for i, target in enumerate(batch["masks"]):
+                kept: dict[str, Any] | None = {} if batch["id"][i] in keep else None
+                for name, mask in seg_heads.items():
+                    if mask in target or kept is not None:
+                        pred = resize_logits(out[name][i : i + 1], tuple(batch["size"][i]))[0, 0].numpy() > 0
+                        if mask in target:
+                            scores.overlaps[mask].update(batch["group"][i], pred, target[mask] > 0)
+                        if kept is not None:
+                            kept[mask] = pred
+                if p is not None and batch["label"][i] >= 0:
+                    scores.probs.append(p[i])
+                    scores.labels.append(batch["label"][i])
+                if kept is not None:
+                    scores.kept[batch["id"][i]] = {**kept, "p": None if p is None else p[i]}
+    return scores
+
+
+def summarise(scores: Scores) -> dict[str, Any]:
+    """The figures of ``spikect evaluate`` (:data:`KEYS`); None where a head or a class is missing."""
+    result: dict[str, Any] = dict.fromkeys(KEYS)
+    result["n_images"] = scores.n_images
+    for mask in ("lung", "infection"):
+        if mask in scores.overlaps and len(scores.overlaps[mask]):
+            result[f"{mask}_dice"] = scores.overlaps[mask].dice()
+            result[f"{mask}_iou"] = scores.overlaps[mask].iou()
+    if scores.labels:
+        result.update(classification_metrics(np.asarray(scores.probs), np.asarray(scores.labels)))
+    return {k: result[k] for k in KEYS}
 
 
 def select_part(records: list, split_dict: dict[str, Any] | None, part: str | None) -> list:
@@ -104,37 +184,7 @@ def evaluate(
     ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
     if gamma <= 0:
         raise ValueError(f"--gamma must be > 0, got {gamma}")
-    loader = DataLoader(_OwnSize(ds, vflip, gamma), batch_size=batch_size, collate_fn=_collate)
-
-    seg_heads = {h.name: h.mask for h in ckpt.config.model.heads if h.type == "seg"}
-    cls_heads = [h.name for h in ckpt.config.model.heads if h.type == "cls"]
-    overlaps = {m: VolumeOverlap() for m in seg_heads.values()}
-    probs: list[float] = []
-    labels: list[int] = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
-            out = model(batch["image"].to(device))
-            for name, mask in seg_heads.items():
-                for i, target in enumerate(batch["masks"]):
-                    if mask in target:
-                        logits = resize_logits(out[name][i : i + 1].float().cpu(), tuple(batch["size"][i]))
-                        overlaps[mask].update(batch["group"][i], logits[0, 0].numpy() > 0, target[mask] > 0)
-            if cls_heads:
-                p = class_probabilities(out[cls_heads[0]].float().cpu())[:, 1].tolist()
-                for pi, label in zip(p, batch["label"], strict=True):
-                    if label >= 0:
-                        probs.append(pi)
-                        labels.append(label)
-
-    result: dict[str, Any] = dict.fromkeys(KEYS)
-    result["n_images"] = len(ds)
-    for mask in ("lung", "infection"):
-        if mask in overlaps and len(overlaps[mask]):
-            result[f"{mask}_dice"] = overlaps[mask].dice()
-            result[f"{mask}_iou"] = overlaps[mask].iou()
-    if labels:
-        result.update(classification_metrics(np.asarray(probs), np.asarray(labels)))
-    return {k: result[k] for k in KEYS}
+    return summarise(score(model, ds, batch_size, device, progress, vflip, gamma))
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -251,7 +251,10 @@ def list_records(root: str | Path, cfg: DataConfig, layout: Layout | None = None
     if layout == "seg":
         return seg_records(root, cfg.mask_dirs, cfg.seg_cls_labels)
     if layout == "cls":
-        return cls_records(root, cfg.block_size)
+        records = cls_records(root, cfg.block_size)
+        if cfg.cls_labels is not None:
+            records = [r for r in records if r.label in cfg.cls_labels]
+        return records
     if layout == "nifti":
         return nifti_records(root, list(cfg.mask_dirs), cfg.seg_cls_labels)
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
