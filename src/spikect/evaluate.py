@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from spikect.checkpoint import load_model
-from spikect.data import SliceDataset, detect_layout, list_records
+from spikect.data import SliceDataset, SliceRecord, detect_layout, list_records
 from spikect.data.splits import PARTS, Split
+from spikect.io.volume import MIN_INPLANE, InputError
 from spikect.metrics import VolumeOverlap, classification_metrics
 from spikect.model.heads import class_probabilities
 from spikect.model.network import MultiTaskNet
@@ -40,16 +41,27 @@ KEYS = (
 )
 
 
+_INDEX = {"seg": "slices.csv", "cls": "images.csv", "nifti": "ct_scans/ folder"}
+
+
 class _OwnSize(Dataset):
     """Model input at the model's size + the masks at the image's own size (for scoring).
 
     ``vflip`` and ``gamma`` perturb the input (the flip also flips the target) for robustness checks:
-    the same slices upside down, or with another display contrast (intensity ** gamma)."""
+    the same slices upside down, or with another display contrast (intensity ** gamma).
+
+    Unusable input raises :class:`InputError` (one line, naming the file), as ``spikect diagnose`` does:
+    an unreadable file (``SliceDataset.load``), a slice under 32x32 pixels, a mask of another size than
+    its image, or a blank image (one value everywhere). An image file (seg/cls layout) is checked on its
+    own; a NIfTI volume as a whole, by :meth:`check_volumes` once all its slices were read (one uniform
+    slice at the edge of a scan is normal).
+    """
 
     def __init__(self, ds: SliceDataset, vflip: bool = False, gamma: float = 1.0) -> None:
         self.ds = ds
         self.vflip = vflip
         self.gamma = gamma
+        self._range: dict[str, tuple[float, float]] = {}  # NIfTI file -> (min, max) of its slices so far
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -57,6 +69,7 @@ class _OwnSize(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, masks = self.ds.load(i)
         r = self.ds.records[i]
+        self._check(image, masks, r)
         if self.vflip:
             image = np.ascontiguousarray(image[::-1])
             masks = {k: np.ascontiguousarray(v[::-1]) for k, v in masks.items()}
@@ -71,6 +84,34 @@ class _OwnSize(Dataset):
             "id": r.id,
             "size": image.shape,
         }
+
+    def _check(self, image: np.ndarray, masks: dict[str, np.ndarray], r: SliceRecord) -> None:
+        h, w = image.shape
+        path = self.ds.root / r.image
+        if min(h, w) < MIN_INPLANE:
+            raise InputError(
+                f"{path}: the slice is {w}x{h} pixels; at least {MIN_INPLANE}x{MIN_INPLANE} are needed"
+            )
+        for name, mask in masks.items():
+            if mask.shape != image.shape:
+                mh, mw = mask.shape
+                where = self.ds.root / r.masks[name]
+                raise InputError(f"{where}: the mask is {mw}x{mh} pixels but its image {r.image} is {w}x{h}")
+        lo, hi = float(image.min()), float(image.max())
+        if self.ds.layout != "nifti":
+            if lo == hi:
+                raise InputError(f"{path}: every pixel has the same value; the image is blank")
+            return
+        old = self._range.get(str(path))
+        self._range[str(path)] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    def check_volumes(self) -> None:
+        """Refuse a NIfTI volume with one value everywhere in the model's window (blank, or all padding)."""
+        for image, (lo, hi) in self._range.items():
+            if lo == hi:
+                raise InputError(
+                    f"{image}: every voxel has the same value in the lung window; the volume is blank"
+                )
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,6 +173,7 @@ def score(
                     scores.labels.append(batch["label"][i])
                 if kept is not None:
                     scores.kept[batch["id"][i]] = {**kept, "p": None if p is None else p[i]}
+    own.check_volumes()
     return scores
 
 
@@ -179,11 +221,14 @@ def evaluate(
     layout = detect_layout(root)
     model, ckpt = load_model(weights, device)
     data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True)  # seg slices are all positive
-    records = select_part(list_records(root, data_cfg, layout), ckpt.meta.get("split"), part)
-    masks = list(data_cfg.mask_dirs)
-    ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
     if gamma <= 0:
         raise ValueError(f"--gamma must be > 0, got {gamma}")
+    records = list_records(root, data_cfg, layout)
+    if not records:
+        raise ValueError(f"{root}: no images to score in its {_INDEX[layout]}")
+    records = select_part(records, ckpt.meta.get("split"), part)
+    masks = list(data_cfg.mask_dirs)
+    ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
     return summarise(score(model, ds, batch_size, device, progress, vflip, gamma))
 
 

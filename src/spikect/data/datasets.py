@@ -37,7 +37,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import ConcatDataset, Dataset
 
 from spikect.config import DataConfig
@@ -198,6 +198,20 @@ def _match_by_stem(images: list[Path], folder: Path) -> dict[Path, Path]:
     return out
 
 
+def _reason(err: BaseException) -> str:
+    return (" ".join(str(err).split()) or type(err).__name__)[:200]
+
+
+def _load_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+    """``nib.load`` whose failures are one ValueError naming the file (nibabel raises many types for junk)."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
+    try:
+        return nib.load(path)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable NIfTI file ({_reason(err)})") from err
+
+
 def _spatial_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -219,13 +233,13 @@ def nifti_records(root: str | Path, mask_names: list[str], seg_cls_labels: bool 
     label = 1 if seg_cls_labels else -1
     records = []
     for path in images:
-        img = nib.load(path)
+        img = _load_nifti(path)
         shape = _spatial_shape(img)
         masks = {}
         for m in mask_names:
             if path in matches[m]:
                 mask_path = matches[m][path]
-                mask_shape = _spatial_shape(nib.load(mask_path))
+                mask_shape = _spatial_shape(_load_nifti(mask_path))
                 if mask_shape != shape:
                     raise ValueError(f"{mask_path}: shape {mask_shape} differs from {path.name} {shape}")
                 masks[m] = str(mask_path.relative_to(root))
@@ -284,13 +298,16 @@ def _nifti_slice(path: Path, z: int, plan: tuple[int, bool, bool, bool]) -> np.n
     Uncompressed .nii is read in place; .nii.gz must be decompressed up to the slice on every read (install
     ``indexed_gzip`` for random access, or gunzip the files for training).
     """
-    img = nib.load(path)
+    img = _load_nifti(path)
     axis, transpose, flip_rows, flip_cols = plan
     index: list[int | slice] = [slice(None)] * len(img.shape)
     index[axis] = z
     if len(img.shape) == 4:
         index[3] = 0
-    a = np.asarray(img.dataobj[tuple(index)])
+    try:
+        a = np.asarray(img.dataobj[tuple(index)])
+    except Exception as err:  # truncated/corrupt data: EOFError, zlib.error, OSError, ValueError, ...
+        raise ValueError(f"{path}: truncated or corrupt NIfTI data ({_reason(err)})") from err
     if transpose:
         a = a.T
     if flip_rows:
@@ -301,11 +318,20 @@ def _nifti_slice(path: Path, z: int, plan: tuple[int, bool, bool, bool]) -> np.n
 
 
 def _read_display(path: Path) -> np.ndarray:
-    """A display image file as a 2-D array; colour/palette images become 8-bit grayscale."""
-    with Image.open(path) as im:
-        if im.mode in ("P", "PA", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            im = im.convert("L")
-        a = np.asarray(im)
+    """A display image file as a 2-D array; colour/palette images become 8-bit grayscale.
+
+    Unreadable files (missing, empty, truncated, not an image) raise one ValueError naming the file."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+                im = im.convert("L")
+            a = np.asarray(im)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not a readable image (not an image file)") from err
+    except Exception as err:  # PIL raises many types for truncated or corrupt files
+        raise ValueError(f"{path}: not a readable image ({_reason(err)})") from err
     if a.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D grayscale image, got shape {a.shape}")
     return a
@@ -354,9 +380,15 @@ class SliceDataset(Dataset):
         r = self.records[i]
         if self.layout == "nifti":
             path = self.root / r.image
-            plan = _nifti_plan(nib.load(path).affine)
+            plan = _nifti_plan(_load_nifti(path).affine)
             z = r.slice_index or 0
-            image = window_hu(np.maximum(_nifti_slice(path, z, plan), AIR_HU), self.window)
+            hu = _nifti_slice(path, z, plan).astype(np.float32)
+            finite = np.isfinite(hu)
+            if not finite.all():  # NaN/inf would pass the window as NaN: air, like the diagnose loader
+                if not finite.any():
+                    raise ValueError(f"{path}: slice {z} holds no finite value (all NaN/inf)")
+                hu[~finite] = AIR_HU
+            image = window_hu(np.maximum(hu, AIR_HU), self.window)
             masks = {
                 m: (_nifti_slice(self.root / f, z, plan) > 0).astype(np.uint8)
                 for m, f in r.masks.items()
