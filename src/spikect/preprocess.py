@@ -31,7 +31,9 @@ def window_hu(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.n
     out = np.asarray(hu, dtype=np.float32)
     out = np.clip(out, low, high)
     out -= np.float32(low)
-    out *= np.float32(1.0 / (high - low))
+    # Divide by the float32 span (not multiply by a rounded reciprocal): the top of the window is then
+    # exactly 1 and nothing lands above it.
+    out /= np.float32(high) - np.float32(low)
     return out
 
 
