@@ -128,6 +128,9 @@ class StudyStore:
     def _recover(self) -> None:
         with self._lock:
             db = self._conn()
+            interrupted = {
+                row[0] for row in db.execute("SELECT id FROM studies WHERE status IN ('queued', 'running')")
+            }
             db.execute(
                 "UPDATE studies SET status = 'failed', error = ?, stage = '', updated_at = ? "
                 "WHERE status IN ('queued', 'running')",
@@ -138,6 +141,8 @@ class StudyStore:
             # an upload cut off before its row was written; only our own id-named folders are touched
             if folder.is_dir() and valid_study_id(folder.name) and folder.name not in known:
                 shutil.rmtree(folder, ignore_errors=True)
+        for study_id in interrupted:  # a failed study serves no files: drop its upload and partial output
+            shutil.rmtree(self.studies_dir / study_id, ignore_errors=True)
 
     def folder(self, study_id: str) -> Path:
         if not valid_study_id(study_id):

@@ -23,7 +23,7 @@ from pathlib import Path, PureWindowsPath
 from typing import IO
 
 from anyio import to_thread
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from spikect.app.zipsafe import UnsafeZip, ZipTooLarge, extract_zip
 from spikect.io.dicom import looks_like_dicom
@@ -181,16 +181,20 @@ async def receive_upload(
     inbox = folder / "input"
     inbox.mkdir(parents=True)
     receiver = _Receiver(inbox, max_files)
-    parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
     size = 0
     try:
         try:
+            parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
             async for chunk in _limited(stream, max_bytes):
                 size += len(chunk)
                 await to_thread.run_sync(parser.write, chunk)  # file writes off the event loop
             parser.finalize()
         finally:
             receiver.close()
+        # python-multipart's finalize() does not check that the body was complete: a body cut off
+        # before its closing boundary (an interrupted or forged upload) would pass on a truncated file
+        if parser.state not in (MultipartState.START, MultipartState.END):
+            raise UploadError(400, "malformed multipart body: it ends before its closing boundary")
         return await to_thread.run_sync(_classify, receiver.parts, inbox, size, max_extract_bytes, max_files)
     except UploadError:
         shutil.rmtree(folder, ignore_errors=True)
