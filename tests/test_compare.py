@@ -55,6 +55,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[{name: 'a b'}]", "folder names"),
         ("[{name: a, setup: other}]", "setup"),
         ("[{name: a, weights: default, overrides: {train: {epochs: 1}}}]", "own config"),
+        ("[{name: a, weights: default, heads: [cls]}]", "own config"),
         ("[{name: a, typo: 1}]", "unknown key"),
     ],
 )
@@ -63,14 +64,15 @@ def test_bad_compare_files_are_refused_with_the_reason(tmp_path, methods, messag
         load_spec(_write(tmp_path, f"base: base.yaml\nmethods: {methods}\n"))
 
 
-def test_method_config_layers_overrides_and_setup(tmp_path):
+def test_method_config_layers_overrides_heads_and_setup(tmp_path):
     spec, base = load_spec(
         _write(
             tmp_path,
             "base: base.yaml\noverrides: {train: {epochs: 3}}\nmethods:\n"
             "  - {name: ann, overrides: {model: {neuron: {kind: relu}, t_steps: 1}, train: {epochs: 2}}}\n"
-            "  - {name: conf, setup: confounded, overrides: {model: {heads: [{name: cls, type: cls}]}}}\n"
-            "  - {name: bad, setup: confounded, overrides: {model: {heads: [{name: lung, type: seg}]}}}\n",
+            "  - {name: conf, setup: confounded, heads: [cls]}\n"
+            "  - {name: bad, setup: confounded, heads: [lung]}\n"
+            "  - {name: typo, heads: [lungs]}\n",
         )
     )
     ann = method_config(spec, base, spec.methods[0])
@@ -80,8 +82,11 @@ def test_method_config_layers_overrides_and_setup(tmp_path):
         2,
         32,
     )
+    assert [h.name for h in ann.model.heads] == ["cls", "lung", "infection"]  # the base's (default) heads
     conf = method_config(spec, base, spec.methods[1])
     assert conf.train.epochs == 3
+    assert [h.name for h in conf.model.heads] == ["cls"]
+    assert conf.model.heads[0].hidden == ann.model.heads[0].hidden  # the base's definition of that head
     assert (
         (conf.data.seg_cls_labels, conf.data.cls_labels)
         == (True, [0])
@@ -90,8 +95,23 @@ def test_method_config_layers_overrides_and_setup(tmp_path):
     assert (
         conf.data.seg_roots and conf.data.cls_roots
     )  # positives from the seg set, negatives from the cls set
-    with pytest.raises(ConfigError, match="no.*cls head|has none"):
+    with pytest.raises(ConfigError, match="has none"):
         method_config(spec, base, spec.methods[2])
+    with pytest.raises(ConfigError, match=r"\['lungs'\] are not in the base"):
+        method_config(spec, base, spec.methods[3])
+
+
+def test_the_base_is_a_file_or_a_checkpoints_config(tmp_path):
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_spec(_write(tmp_path, "methods: [{name: a}]\n"))
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_spec(_write(tmp_path, "base: base.yaml\nbase_weights: default\nmethods: [{name: a}]\n"))
+    spec, base = load_spec(REPO / "configs" / "compare.yaml")  # the full run: the shipped model's config
+    from spikect.checkpoint import load_checkpoint
+
+    assert base == load_checkpoint("default").config.to_dict()
+    cnn = method_config(spec, base, next(m for m in spec.methods if m.name == "mt-cnn"))
+    assert cnn.model.widths == load_checkpoint("default").config.model.widths
 
 
 def test_prune_roots_keeps_only_the_data_a_head_learns_from():
@@ -172,7 +192,7 @@ def test_tiny_compare_tables_have_one_row_per_method_with_that_task(tiny_compare
     assert names == [m.name for m in load_spec(TINY)[0].methods]
     report = (out / "report.md").read_text()
     seg = ["ours", "mt-cnn", "unet-lung", "unet-infection", "snn-lung", "snn-infection"]
-    cls = ["ours", "mt-cnn", "cnn-cls", "snn-cls", "snn-cls-confounded"]
+    cls = ["ours", "mt-cnn", "cnn-cls", "cnn-cls-confounded", "snn-cls", "snn-cls-confounded"]
     assert _table(report, "## Segmentation") == seg
     assert _table(report, "## Classification") == cls
     assert _table(report, "## Source-confounded") == cls

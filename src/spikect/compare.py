@@ -65,12 +65,18 @@ class MethodSpec:
     label: str = ""  # long name in the tables (default: name)
     weights: str | None = None  # load this checkpoint ('default' = shipped) instead of training
     setup: str = "same-source"  # same-source | confounded: what the cls head is trained on
+    # keep only these heads of the base config, by name: a single-task model with the base's head definition
+    heads: list[str] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into the base config, then trained
 
 
 @dataclass
 class CompareSpec:
-    base: str = "default.yaml"  # base config, relative to the compare file
+    # The base config: a YAML file relative to the compare file, or (base_weights) the config a checkpoint
+    # was trained with, e.g. 'default': then the baselines have exactly the shipped model's architecture,
+    # data and split, whatever configs/default.yaml says by now.
+    base: str | None = None
+    base_weights: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # for every trained method, before its own
     methods: list[MethodSpec] = field(default_factory=list)
     batch_size: int = 16  # slices per forward pass at test time
@@ -96,10 +102,16 @@ def load_spec(path: str | Path) -> tuple[CompareSpec, dict[str, Any]]:
         spec = build_dataclass(CompareSpec, yaml.safe_load(path.read_text()) or {}, "compare")
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    base_path = path.parent / spec.base
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base config not found: {base_path}")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    if (spec.base is None) == (spec.base_weights is None):
+        raise ConfigError(f"{path}: give exactly one of base (a config file) and base_weights (a checkpoint)")
+    if spec.base_weights is not None:
+        base = load_checkpoint(spec.base_weights).config.to_dict()
+    else:
+        base_path = path.parent / str(spec.base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config not found: {base_path}")
+        # through the typed config, so that a base leaving a field (e.g. the heads) at its default has it
+        base = config_from_dict(yaml.safe_load(base_path.read_text()) or {}).to_dict()
     if not spec.methods:
         raise ConfigError(f"{path}: no methods")
     names = [m.name for m in spec.methods]
@@ -110,9 +122,9 @@ def load_spec(path: str | Path) -> tuple[CompareSpec, dict[str, Any]]:
             raise ConfigError(f"method {m.name!r}: names are folder names (letters, digits, _ . -)")
         if m.setup not in SETUPS:
             raise ConfigError(f"method {m.name!r}: setup must be one of {SETUPS}, got {m.setup!r}")
-        if m.weights is not None and (m.overrides or m.setup != "same-source"):
+        if m.weights is not None and (m.overrides or m.heads or m.setup != "same-source"):
             raise ConfigError(
-                f"method {m.name!r}: a loaded checkpoint brings its own config; drop overrides/setup"
+                f"method {m.name!r}: a loaded checkpoint brings its own config; drop overrides/heads/setup"
             )
     return spec, base
 
@@ -133,8 +145,16 @@ def prune_roots(cfg: Config) -> Config:
 
 
 def method_config(spec: CompareSpec, base: dict[str, Any], m: MethodSpec) -> Config:
-    """The config a method is trained with: base, the compare's overrides, its own, then its setup."""
+    """The config a method is trained with: base, the compare's overrides, its own, its heads, its setup."""
     data = merge(merge(base, spec.overrides), m.overrides)
+    if m.heads is not None:
+        defined = {h.get("name"): h for h in data.get("model", {}).get("heads", [])}
+        missing = [h for h in m.heads if h not in defined]
+        if missing:
+            raise ConfigError(
+                f"method {m.name!r}: head(s) {missing} are not in the base config {list(defined)}"
+            )
+        data = merge(data, {"model": {"heads": [defined[h] for h in m.heads]}})
     if m.setup == "confounded":
         data = merge(data, CONFOUNDED_DATA)
     try:
@@ -276,6 +296,9 @@ def _energy_batches(ds: SliceDataset, ids: set[str], batch_size: int = 8) -> Ite
 def _cls_figures(probs: list[float], labels: list[int]) -> dict[str, Any]:
     p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     out: dict[str, Any] = {"n": len(y), "n_pos": int((y == 1).sum()), **classification_metrics(p, y)}
+    # one p(COVID) for every slice: the head did not learn (often silent, p = 0.5), and its AUC of 0.5 says
+    # nothing about the task; the report marks it
+    out["constant"] = bool(len(p)) and bool(np.ptp(p) == 0)
     if 0 < out["n_pos"] < len(y):
         fpr, tpr, _ = roc_curve(p, y)
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}

@@ -345,13 +345,26 @@ def _seg_tables(methods: list[dict[str, Any]]) -> str:
     return f"{main}\n\nPer test volume:\n\n{md_table(head, per)}"
 
 
+CONSTANT_NOTE = (
+    "† the model gave every test slice the same p(COVID) (its cls head did not learn in this budget, often "
+    "a silent output layer): its AUC of 0.5 and its accuracy say nothing about the task."
+)
+
+
+def _auc(figures: dict[str, Any]) -> str:
+    return _fmt(figures["auc"]) + (" †" if figures.get("constant") else "")
+
+
 def _cls_table(methods: list[dict[str, Any]], key: str) -> str:
     rows = [
-        [m["name"], m["network"], m["setup"], *(_fmt(m[key][k]) for k in CLS_KEYS)]
+        [m["name"], m["network"], m["setup"], *(_fmt(m[key][k]) for k in CLS_KEYS[:-1]), _auc(m[key])]
         for m in methods
         if key in m
     ]
-    return md_table(["method", "network", "trained on", *CLS_KEYS], rows)
+    constant = any(m[key].get("constant") for m in methods if key in m)
+    return md_table(["method", "network", "trained on", *CLS_KEYS], rows) + (
+        f"\n\n{CONSTANT_NOTE}" if constant else ""
+    )
 
 
 def _confound_section(methods: list[dict[str, Any]], test: dict[str, Any]) -> str:
@@ -362,8 +375,8 @@ def _confound_section(methods: list[dict[str, Any]], test: dict[str, Any]) -> st
         [
             m["name"],
             m["setup"],
-            _fmt(m["cls"]["auc"]),
-            _fmt(m["cls_confounded"]["auc"]),
+            _auc(m["cls"]),
+            _auc(m["cls_confounded"]),
             _fmt(
                 None
                 if m["cls_confounded"]["auc"] is None or m["cls"]["auc"] is None
@@ -375,6 +388,17 @@ def _confound_section(methods: list[dict[str, Any]], test: dict[str, Any]) -> st
     table = md_table(
         ["method", "trained on", "AUC same-source test", "AUC confounded test", "difference"], rows
     )
+    if any(m[k].get("constant") for m in with_cls for k in ("cls", "cls_confounded")):
+        table += f"\n\n{CONSTANT_NOTE}"
+    for m in with_cls:  # the headline: what a confounded model's AUC owes to the source
+        same, conf = m["cls"], m["cls_confounded"]
+        if m["setup"] == "confounded" and None not in (same["auc"], conf["auc"]) and not same.get("constant"):
+            gap = conf["auc"] - same["auc"]
+            table += (
+                f"\n\n**{m['name']}** (trained confounded) reaches AUC {conf['auc']:.3f} on the confounded "
+                f"test but {same['auc']:.3f} on the same-source test: {gap:+.3f} of AUC comes from telling "
+                "the sources apart, not from the disease."
+            )
     n_neg = test["cls_slices"] - test["cls_positive"]
     text = (
         "The patent's setup takes positives from one dataset and negatives from another. Here "
