@@ -220,7 +220,9 @@ def evaluate(
         raise FileNotFoundError(f"not a folder: {root}")
     layout = detect_layout(root)
     model, ckpt = load_model(weights, device)
-    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True)  # seg slices are all positive
+    # seg slices are all positive; and every label of a cls folder is scored, also for a model trained on
+    # one class of it (data.cls_labels, the source-confounded setup of spikect compare)
+    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True, cls_labels=None)
     if gamma <= 0:
         raise ValueError(f"--gamma must be > 0, got {gamma}")
     records = list_records(root, data_cfg, layout)
