@@ -3,6 +3,7 @@ import torch
 from spikingjelly.activation_based import neuron
 
 from spikect.config import HeadConfig, NeuronConfig
+from spikect.model.equalize import rank_equalize
 from spikect.model.heads import class_probabilities
 from spikect.model.hybrid import hybrid_conv
 from spikect.model.network import MultiTaskNet
@@ -96,6 +97,32 @@ def test_population_coding_averages_per_class():
     net = _net(heads=heads)
     assert net.heads["cls"].layers[-1].op.out_features == 10
     assert net(torch.rand(3, 1, 32, 32))["cls"].shape == (3, 2)
+
+
+def test_cls_head_can_read_every_level_and_the_gradient_reaches_the_skips():
+    heads = [HeadConfig(name="cls", type="cls", pool_skips=True)]
+    net = _net(heads=heads)
+    first = net.heads["cls"].layers[0].op
+    assert first.in_features == sum(net.encoder.skip_channels) + net.encoder.out_channels
+    net(torch.rand(4, 1, 32, 32))["cls"].sum().backward()
+    # the first encoder conv gets a gradient through the pooled skip rates
+    assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
+
+
+def test_rank_equalisation_makes_the_model_blind_to_monotone_contrast():
+    x = torch.rand(2, 1, 32, 32)
+    x[:, :, :8] = 0.0  # a block of equal background values: ties share one rank
+    eq = rank_equalize(x)
+    assert torch.equal(eq, rank_equalize(x.pow(1.7))) and torch.equal(eq, rank_equalize(0.5 * x + 0.2))
+    assert all(torch.unique(e[:, :8]).numel() == 1 for e in eq)  # one value per slice
+    assert eq.min() > 0 and eq.max() < 1
+    net = _net(input_norm="equalize").eval()
+    seen: list[torch.Tensor] = []
+    net.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        a, b = net(x), net(x.pow(0.7))
+    assert torch.equal(seen[0], eq) and torch.equal(seen[1], eq)  # the encoder sees ranks only
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(

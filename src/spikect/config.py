@@ -43,6 +43,9 @@ class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [128])
     num_classes: int = 2
     population: int = 1  # output neurons per class; the class rate is the population mean
+    # cls: also read every encoder level's spike rate (global mean over T, H, W), not only the bottleneck.
+    # Short paths for the surrogate gradient, like the seg skips (the deep-only head barely trains).
+    pool_skips: bool = False
     # seg: decoder widths from the deepest level to the shallowest (default: the encoder's, reversed)
     widths: list[int] | None = None
     skips: bool = True
@@ -58,6 +61,9 @@ class ModelConfig:
     image_size: int = 256
     t_steps: int = 4
     batch_norm: bool = True
+    # none | equalize: replace intensities by their rank in the slice (model/equalize.py): invariant to
+    # monotone contrast changes such as gamma or another HU window
+    input_norm: str = "none"
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # N1 = len(widths)
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     heads: list[HeadConfig] = field(
@@ -234,6 +240,8 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.neuron.kind not in ("lif", "relu"):
         raise ConfigError(f"model.neuron.kind must be 'lif' or 'relu', got {m.neuron.kind!r}")
+    if m.input_norm not in ("none", "equalize"):
+        raise ConfigError(f"model.input_norm must be 'none' or 'equalize', got {m.input_norm!r}")
     if m.neuron.kind == "relu" and m.t_steps != 1:
         raise ConfigError("model.neuron.kind 'relu' is the ANN baseline: set model.t_steps to 1")
     if m.t_steps < 1:

@@ -16,10 +16,13 @@ from spikect.model.neuron import MeanOverTime, make_readout
 
 
 class ClsHead(nn.Module):
-    def __init__(self, head: HeadConfig, cfg: ModelConfig, in_channels: int) -> None:
+    def __init__(
+        self, head: HeadConfig, cfg: ModelConfig, in_channels: int, skip_channels: list[int]
+    ) -> None:
         super().__init__()
         t, nc, bn = cfg.t_steps, cfg.neuron, cfg.batch_norm
-        sizes = [in_channels, *head.hidden]
+        self.pool_skips = head.pool_skips
+        sizes = [in_channels + (sum(skip_channels) if head.pool_skips else 0), *head.hidden]
         layers: list[nn.Module] = [
             hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         ]
@@ -35,7 +38,10 @@ class ClsHead(nn.Module):
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """→ firing rates ``[B, num_classes]`` in [0, 1] (population mean per class)."""
-        rates = self.rate(self.layers(z.mean(dim=(2, 3))))
+        features = z.mean(dim=(2, 3))
+        if self.pool_skips:
+            features = torch.cat([*(s.mean(dim=(0, 3, 4)) for s in skips), features], dim=1)
+        rates = self.rate(self.layers(features))
         return rates.unflatten(1, (self.num_classes, self.population)).mean(2)
 
 
@@ -76,14 +82,20 @@ class SegHead(nn.Module):
             if i > 0:
                 h = self.ups[i - 1](h)
                 if self.use_skips:
-                    h = torch.cat([h, skips[-i]], dim=2)
+                    h = cat_channels(h, skips[-i])
             h = level(h)
         t, b = h.shape[:2]
         logits_seq = self.out(h.flatten(0, 1)).unflatten(0, (t, b))
         return self.readout(logits_seq)
 
 
+def cat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Concatenate two ``[T, B, C, H, W]`` sequences along C as 4-D tensors: a 5-D cat would return NCHW
+    memory whatever its inputs, a 4-D one keeps channels_last (see :mod:`spikect.model.inference`)."""
+    return torch.cat([a.flatten(0, 1), b.flatten(0, 1)], dim=1).unflatten(0, a.shape[:2])
+
+
 def build_head(head: HeadConfig, cfg: ModelConfig, in_channels: int, skip_channels: list[int]) -> nn.Module:
     if head.type == "cls":
-        return ClsHead(head, cfg, in_channels)
+        return ClsHead(head, cfg, in_channels, skip_channels)
     return SegHead(head, cfg, in_channels, skip_channels)

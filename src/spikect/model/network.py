@@ -8,6 +8,7 @@ from torch import nn
 
 from spikect.config import ModelConfig
 from spikect.model.encoder import SharedEncoder
+from spikect.model.equalize import rank_equalize
 from spikect.model.heads import build_head
 from spikect.model.hybrid import HybridLayer
 
@@ -28,6 +29,8 @@ class MultiTaskNet(nn.Module):
         """``x [B, C, H, W]`` in [0, 1] → ``{head name: cls rates [B, K] | seg logits [B, 1, H, W]}``."""
         self.check_input(x)
         functional.reset_net(self)  # every batch starts from resting potential
+        if self.cfg.input_norm == "equalize":
+            x = rank_equalize(x)
         skips, z = self.encoder(x)
         return {name: head(z, skips) for name, head in self.heads.items()}
 
