@@ -85,10 +85,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from spikect.bench import run_bench
-    from spikect.config import load_config
+    from spikect.bench import bench_command
 
-    run_bench(load_config(args.config), args.json)
+    bench_command(args)
     return 0
 
 
@@ -285,10 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="speed, memory and FLOP figures of a config on this machine")
-    b.add_argument(
-        "--config", default=str(default_config_path()), help="YAML config (default: the shipped default)"
-    )
+    b.add_argument("--config", help="YAML config (default: the shipped default; with --quick: tiny.yaml)")
     b.add_argument("--json", help="write the figures to this JSON file")
+    b.add_argument("--quick", action="store_true", help="tiny config, 8-slice 64² volume: seconds, for CI")
+    b.add_argument("--threads", type=int, help="torch threads (default: the config's, else torch's)")
+    b.add_argument("--weights", help="checkpoint the diagnose run loads (default: shipped / random init)")
+    b.add_argument("--full-epoch", action="store_true", help="time a real epoch, not extrapolated batches")
+    b.add_argument("--epoch-steps", type=int, default=8, help="batches timed for the epoch estimate")
+    b.add_argument("--ct-slices", type=int, help="slices of the generated volume (default 300; 0: skip)")
+    b.add_argument("--ct-size", type=int, help="its in-plane size (default 512)")
+    b.add_argument("--batch-size", type=int, default=8, help="diagnose batch size")
+    b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_bench)
 
     g = sub.add_parser("energy", help="energy per image: hybrid SNN vs the same net as an ANN")

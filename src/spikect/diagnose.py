@@ -27,6 +27,7 @@ disagree, and the report gives both.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -34,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,13 @@ from tqdm import tqdm
 from spikect.checkpoint import Checkpoint, CheckpointError, load_model
 from spikect.io import InputError, Volume, load_volume
 from spikect.model.heads import class_probabilities
+from spikect.model.inference import (
+    as_input,
+    optimize_for_inference,
+    release_freed_memory,
+    reuse_freed_memory,
+)
+from spikect.model.network import MultiTaskNet
 from spikect.postprocess import THRESHOLD, RegionStats, clean_masks, region_stats, split_left_right
 from spikect.preprocess import prepare_batch, resize_logits, window_hu
 from spikect.severity import severity
@@ -56,6 +64,41 @@ POSITIVE_THRESHOLD = 0.5
 
 OUTPUT_TYPES: tuple[str, ...] = ("nifti", "dicom-seg", "png", "pdf")
 DEFAULT_OUTPUT_TYPES: tuple[str, ...] = ("nifti", "png")
+
+
+class StageTimer:
+    """Wall seconds per stage (read, preprocess, model, postprocess, write), summed over calls.
+
+    The light hook ``spikect bench`` uses to break a real diagnose run down: ``diagnose`` and
+    ``run_diagnose`` wrap their stages in ``timer.stage(name)``; without a timer that is a no-op.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.first: float | None = None  # perf_counter at the start of the first stage
+        self.last: float | None = None  # ... and at the end of the last one
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.first is None:
+            self.first = start
+        try:
+            yield
+        finally:
+            self.last = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.last - start
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds from the first stage's start to the last one's end (the gaps included)."""
+        return 0.0 if self.first is None or self.last is None else self.last - self.first
+
+
+class _NoTimer(StageTimer):
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        yield
 
 
 @dataclass
@@ -151,6 +194,15 @@ def model_input(volume: Volume, start: int, stop: int) -> np.ndarray:
     return window_hu(slab) if volume.kind == "hu" else np.clip(slab, 0.0, 1.0)
 
 
+def inference_net(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
+    """What diagnose runs: for a :class:`MultiTaskNet` with ``fast``, an optimised copy (channels_last,
+    BatchNorm folded: :mod:`spikect.model.inference`); any other module (or ``fast=False``) as it is. Masks
+    agree with the plain model's within the tolerance of ``docs/performance.md``."""
+    if not fast or not isinstance(model, MultiTaskNet):
+        return model
+    return optimize_for_inference(model)
+
+
 def diagnose(
     volume: Volume,
     model: torch.nn.Module,
@@ -158,11 +210,19 @@ def diagnose(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = True,
+    fast: bool = True,
+    timer: StageTimer | None = None,
 ) -> Diagnosis:
-    """Segment, classify and grade one canonical volume (see the module docstring for the rules)."""
+    """Segment, classify and grade one canonical volume (see the module docstring for the rules).
+
+    ``fast`` runs the optimised copy of :func:`inference_net` (``False``: the model as given, the
+    reference the speed-ups are checked against); ``timer`` collects the preprocess / model / postprocess
+    seconds.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     start = time.perf_counter()
+    timer = timer or _NoTimer()
     heads = _heads(ckpt)
     size = ckpt.config.model.image_size
     nz, ny, nx = volume.array.shape
@@ -171,27 +231,34 @@ def diagnose(
     probs = np.empty(nz, dtype=np.float64)
     threshold = math.log(THRESHOLD / (1.0 - THRESHOLD))  # probability -> logit
     model.eval()
+    net = inference_net(model, fast)
     bar = tqdm(total=nz, unit="slice", desc=volume.source.name[:40], disable=not progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
         for a in range(0, nz, batch_size):
             b = min(a + batch_size, nz)
-            out = model(prepare_batch(model_input(volume, a, b), size).to(device))
-            seg = torch.cat([out[heads.lung], out[heads.infection]], dim=1).float()
-            seg = resize_logits(seg, (ny, nx)) > threshold  # thresholded per batch: no float volume kept
-            seg = seg.cpu().numpy()
-            lung_raw[a:b], infection_raw[a:b] = seg[:, 0], seg[:, 1]
-            probs[a:b] = class_probabilities(out[heads.cls].float().cpu())[:, 1].numpy()
+            with timer.stage("preprocess"):
+                x = as_input(net, prepare_batch(model_input(volume, a, b), size).to(device))
+            with timer.stage("model"):
+                out = net(x)
+            with timer.stage("postprocess"):
+                seg = torch.cat([out[heads.lung], out[heads.infection]], dim=1).float()
+                seg = resize_logits(seg, (ny, nx)) > threshold  # thresholded per batch: no float volume kept
+                seg = seg.cpu().numpy()
+                lung_raw[a:b], infection_raw[a:b] = seg[:, 0], seg[:, 1]
+                probs[a:b] = class_probabilities(out[heads.cls].float().cpu())[:, 1].numpy()
             bar.update(b - a)
 
-    planar = volume.input_format == "image"  # a folder of images need not be neighbouring slices
-    lung, infection = clean_masks(lung_raw, infection_raw, volume.spacing_mm, planar)
-    del lung_raw, infection_raw
-    right_lung, left_lung = split_left_right(lung, planar)
-    physical = volume.physical_spacing
-    stats = region_stats(lung, infection, volume.spacing_mm, physical)
-
-    area = lung.sum(axis=(1, 2))
-    patient = classify_patient(probs, area)
+    with timer.stage("postprocess"):
+        planar = volume.input_format == "image"  # a folder of images need not be neighbouring slices
+        lung, infection = clean_masks(lung_raw, infection_raw, volume.spacing_mm, planar)
+        del lung_raw, infection_raw
+        right_lung, left_lung = split_left_right(lung, planar)
+        physical = volume.physical_spacing
+        stats = region_stats(lung, infection, volume.spacing_mm, physical)
+        area = lung.sum(axis=(1, 2))
+        patient = classify_patient(probs, area)
+        right = region_stats(right_lung, infection & right_lung, volume.spacing_mm, physical)
+        left = region_stats(left_lung, infection & left_lung, volume.spacing_mm, physical)
     warnings = (
         []
         if patient.lung_slices.any()
@@ -209,8 +276,8 @@ def diagnose(
         positive_slices=patient.positive_slices,
         top_k=patient.top_k,
         stats=stats,
-        right=region_stats(right_lung, infection & right_lung, volume.spacing_mm, physical),
-        left=region_stats(left_lung, infection & left_lung, volume.spacing_mm, physical),
+        right=right,
+        left=left,
         severity=severity(stats.infection_percent),
         warnings=warnings,
         runtime_s=time.perf_counter() - start,
@@ -266,6 +333,8 @@ def run_diagnose(
     progress: bool = True,
     output_types: str | Sequence[str] = DEFAULT_OUTPUT_TYPES,
     debug: bool = False,
+    timer: StageTimer | None = None,
+    fast: bool = True,
 ) -> int:
     """Diagnose each input and write its outputs; returns the exit status (0, or 2 if any input failed).
 
@@ -273,6 +342,8 @@ def run_diagnose(
     A failing input is reported as one line on stderr and the others still run. Outputs are built in a
     hidden staging folder inside ``outdir`` and renamed into place only when complete, so ``outdir``
     never holds a half-written result. Model/weights/device errors raise (nothing can run without them).
+    ``timer`` collects the read / preprocess / model / postprocess / write seconds (``spikect bench``);
+    ``fast=False`` runs the model as trained instead of its optimised copy (see :func:`inference_net`).
     """
     from spikect.report import write_outputs
 
@@ -281,7 +352,10 @@ def run_diagnose(
     types = parse_output_types(output_types)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    timer = timer or _NoTimer()
     model, ckpt = load_model(weights, check_device(device))
+    if fast:
+        reuse_freed_memory()  # a forward's 1-32 MB buffers are reused, not page-faulted back in each batch
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     single = len(inputs) == 1
@@ -290,20 +364,22 @@ def run_diagnose(
         target = outdir if single else outdir / name
         try:
             start = time.perf_counter()
-            volume = load_volume(inp)
-            result = diagnose(volume, model, ckpt, batch_size, device, progress)
+            with timer.stage("read"):
+                volume = load_volume(inp)
+            result = diagnose(volume, model, ckpt, batch_size, device, progress, fast, timer)
             meta = {
                 "input": str(inp),
                 "weights": str(ckpt.path),
                 "device": device,
                 "runtime_s": time.perf_counter() - start,
             }
-            staging = Path(tempfile.mkdtemp(prefix=f".spikect-{name}.", dir=outdir))
-            try:
-                write_outputs(result, volume, staging, types, meta)
-                _move_into_place(staging, target, merge=single)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            with timer.stage("write"):
+                staging = Path(tempfile.mkdtemp(prefix=f".spikect-{name}.", dir=outdir))
+                try:
+                    write_outputs(result, volume, staging, types, meta)
+                    _move_into_place(staging, target, merge=single)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one bad input must not lose the others
@@ -318,6 +394,7 @@ def run_diagnose(
             f"{result.stats.infection_percent:.1f}% of lung -> {target}"
         )
         del volume, result  # free this scan before loading the next
+        release_freed_memory()
     for line in failures:
         print(f"spikect diagnose: error: {line}", file=sys.stderr)
     return 2 if failures else 0

@@ -33,7 +33,7 @@ import torch
 from spikect.app.settings import AppSettings
 from spikect.app.store import StudyStore
 from spikect.checkpoint import Checkpoint, CheckpointError, load_model
-from spikect.diagnose import Diagnosis, check_device, diagnose
+from spikect.diagnose import Diagnosis, check_device, diagnose, inference_net
 from spikect.io import InputError, Volume, load_volume, write_mask_nifti
 from spikect.io.volume import atomic_output
 from spikect.report import write_outputs
@@ -246,9 +246,9 @@ def run_study(
         progress(f"running the model: {done[0]} of {nz} slices done", 0.05 + 0.8 * done[0] / nz)
         done[0] += n
 
-    result = diagnose(
-        volume, _Tracked(model, on_batch), ckpt, settings.batch_size, settings.device, progress=False
-    )
+    # the optimised copy diagnose itself would run (it cannot see through the progress wrapper)
+    tracked = _Tracked(inference_net(model), on_batch)
+    result = diagnose(volume, tracked, ckpt, settings.batch_size, settings.device, progress=False)
     progress("writing the masks and the report", 0.88)
     meta = {
         "input": job.name,

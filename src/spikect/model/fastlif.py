@@ -8,6 +8,10 @@ memory, and :class:`FusedLIFNode` uses it in place of spikingjelly's loop when i
 - same state update as ``spikingjelly.activation_based.neuron.LIFNode`` with a hard reset
   (decay_input or not), the same surrogate gradients (the 7 built-in ones, by spikingjelly's own ids), and
   the same ``detach_reset`` semantics. Tests check spikes are identical and gradients equal within 1e-6;
+- without autograd (eval under no_grad / inference_mode) a forward-only kernel runs: it keeps no charged
+  potential for a backward pass and reads a static input (the same at every step) once, not T times;
+- the kernels run over the input's own memory order (:func:`memory_order`), so channels_last sequences
+  stay channels_last (see :mod:`spikect.model.inference`);
 - anything else (CUDA, store_v_seq, soft reset, custom surrogates, no C++ compiler) falls back to
   spikingjelly, so results never depend on whether the kernel could be built. ``SPIKECT_FUSED_LIF=0``
   turns it off.
@@ -44,28 +48,72 @@ static inline float sg_grad(float x, float a, int64_t id) {
   }
 }
 
+// One neuron's step, as spikingjelly's charge + fire + hard reset (bit-identical: the reset
+// sp * r + (1 - sp) * h of spikingjelly equals this select for finite values). decay_input is a template
+// parameter so that each inner loop is branch-free and vectorises.
+template <bool DECAY>
+static inline float charge(float v, float x, float k, float r) {
+  return DECAY ? v + (x - (v - r)) * k : v - (v - r) * k + x;
+}
+
 // x: [T, N] -> (spikes [T, N], charged potential h [T, N], final v [N]); v0: [N]
-std::vector<torch::Tensor> lif_forward(torch::Tensor x, torch::Tensor v0, double tau, bool decay_input,
-                                       double v_threshold, double v_reset) {
-  const int64_t T = x.size(0), N = x.numel() / T;
-  auto s = torch::empty_like(x), h = torch::empty_like(x), vT = torch::empty_like(v0);
-  const float* xp = x.data_ptr<float>(); const float* v0p = v0.data_ptr<float>();
-  float* sp = s.data_ptr<float>(); float* hp = h.data_ptr<float>(); float* vp = vT.data_ptr<float>();
-  const float k = (float)(1.0 / tau), th = (float)v_threshold, r = (float)v_reset;
+template <bool DECAY>
+static void lif_forward_impl(const float* xp, const float* v0p, float* sp, float* hp, float* vp, int64_t T,
+                             int64_t N, float k, float th, float r) {
   at::parallel_for(0, N, 8192, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) vp[i] = v0p[i];
     for (int64_t t = 0; t < T; ++t) {
       const float* xt = xp + t * N; float* st = sp + t * N; float* ht = hp + t * N;
       for (int64_t i = b; i < e; ++i) {
-        const float v = vp[i];
-        const float hh = decay_input ? v + (xt[i] - (v - r)) * k : v - (v - r) * k + xt[i];
-        const float sp1 = hh >= th ? 1.f : 0.f;
-        ht[i] = hh; st[i] = sp1;
-        vp[i] = sp1 * r + (1.f - sp1) * hh;
+        const float hh = charge<DECAY>(vp[i], xt[i], k, r);
+        const bool fire = hh >= th;
+        ht[i] = hh; st[i] = fire ? 1.f : 0.f;
+        vp[i] = fire ? r : hh;
       }
     }
   });
+}
+
+std::vector<torch::Tensor> lif_forward(torch::Tensor x, torch::Tensor v0, double tau, bool decay_input,
+                                       double v_threshold, double v_reset) {
+  const int64_t T = x.size(0), N = x.numel() / T;
+  auto s = torch::empty_like(x), h = torch::empty_like(x), vT = torch::empty_like(v0);
+  const float k = (float)(1.0 / tau), th = (float)v_threshold, r = (float)v_reset;
+  (decay_input ? lif_forward_impl<true> : lif_forward_impl<false>)(
+      x.data_ptr<float>(), v0.data_ptr<float>(), s.data_ptr<float>(), h.data_ptr<float>(),
+      vT.data_ptr<float>(), T, N, k, th, r);
   return {s, h, vT};
+}
+
+// Inference: no h kept for a backward pass (a third less memory traffic). x: [T, N], or [N] when the input
+// is the same at every step (a static image: then it is read, not copied T times) -> (spikes, final v).
+template <bool DECAY>
+static void lif_infer_impl(const float* xp, int64_t x_step, const float* v0p, float* sp, float* vp, int64_t T,
+                           int64_t N, float k, float th, float r) {
+  at::parallel_for(0, N, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) vp[i] = v0p[i];
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = xp + t * x_step; float* st = sp + t * N;
+      for (int64_t i = b; i < e; ++i) {
+        const float hh = charge<DECAY>(vp[i], xt[i], k, r);
+        const bool fire = hh >= th;
+        st[i] = fire ? 1.f : 0.f;
+        vp[i] = fire ? r : hh;
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> lif_infer(torch::Tensor x, torch::Tensor v0, int64_t T, double tau,
+                                     bool decay_input, double v_threshold, double v_reset) {
+  const int64_t N = v0.numel();
+  const int64_t x_step = x.dim() == 1 ? 0 : N;
+  auto s = torch::empty({T, N}, x.options()), vT = torch::empty_like(v0);
+  const float k = (float)(1.0 / tau), th = (float)v_threshold, r = (float)v_reset;
+  (decay_input ? lif_infer_impl<true> : lif_infer_impl<false>)(
+      x.data_ptr<float>(), x_step, v0.data_ptr<float>(), s.data_ptr<float>(), vT.data_ptr<float>(), T, N, k,
+      th, r);
+  return {s, vT};
 }
 
 // grad wrt x [T, N] and wrt v0 [N], from grad wrt spikes gs [T, N] and wrt final v gv [N]
@@ -119,9 +167,9 @@ def _extension() -> Any:
             bindir = os.path.dirname(sys.executable)
             os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + bindir
             _ext = load_inline(
-                name="spikect_fused_lif_v1",
+                name="spikect_fused_lif_v2",
                 cpp_sources=_CPP,
-                functions=["lif_forward", "lif_backward"],
+                functions=["lif_forward", "lif_backward", "lif_infer"],
                 extra_cflags=["-O3"],
                 verbose=False,
             )
@@ -181,23 +229,53 @@ class FusedLIFNode(neuron.LIFNode):
         )
         if not usable:
             return super().multi_step_forward(x_seq, *args, **kwargs)
+        # The kernel is elementwise over [T, N]: run it over the input's own memory order (e.g. channels_last
+        # steps) so that no layout copy is needed before it, nor after it for the next convolution.
+        perm = memory_order(x_seq)
+        back = [perm.index(d) for d in range(len(perm))]
+        step_perm = [d - 1 for d in perm[1:]]
+        xp = x_seq.permute(perm)
         v = self.v
         v0 = (
-            v.to(torch.float32).expand(x_seq.shape[1:])
+            v.to(torch.float32).expand(x_seq.shape[1:]).permute(step_perm)
             if isinstance(v, torch.Tensor)
-            else torch.full(x_seq.shape[1:], float(v), dtype=torch.float32)
+            else torch.full(xp.shape[1:], float(v), dtype=torch.float32)
         )
         sg_id, alpha = spec
-        spikes, v_final = _FusedLIF.apply(
-            x_seq,
-            v0,
-            float(self.tau),
-            bool(self.decay_input),
-            float(self.v_threshold),
-            float(self.v_reset),
-            bool(self.detach_reset),
-            float(alpha),
-            int(sg_id),
-        )
-        self.v = v_final
-        return spikes
+        if torch.is_grad_enabled() and (xp.requires_grad or v0.requires_grad):
+            spikes, v_final = _FusedLIF.apply(
+                xp,
+                v0,
+                float(self.tau),
+                bool(self.decay_input),
+                float(self.v_threshold),
+                float(self.v_reset),
+                bool(self.detach_reset),
+                float(alpha),
+                int(sg_id),
+            )
+        else:  # nothing to differentiate: the kernel that keeps no h for a backward pass
+            spikes, v_final = _infer(xp, v0, float(self.tau), bool(self.decay_input), self)
+        self.v = v_final.permute([back[d + 1] - 1 for d in range(len(step_perm))])
+        return spikes.permute(back)
+
+
+def _infer(
+    xp: torch.Tensor, v0: torch.Tensor, tau: float, decay_input: bool, node: neuron.LIFNode
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward without autograd (eval, validation, diagnose): the kernel that keeps no h. A sequence
+    expanded over T from one step (a static input) is passed as that one step, not copied T times."""
+    t = xp.shape[0]
+    static = xp.stride(0) == 0 and xp[0].is_contiguous()
+    x = xp[0].reshape(-1) if static else xp.reshape(t, -1).contiguous()
+    spikes, v_final = _ext.lif_infer(
+        x, v0.reshape(-1).contiguous(), t, tau, decay_input, float(node.v_threshold), float(node.v_reset)
+    )
+    return spikes.reshape(xp.shape), v_final.reshape(xp.shape[1:])
+
+
+def memory_order(x: torch.Tensor) -> list[int]:
+    """T first, then the other dims from the largest stride to the smallest (stable for ties): the order in
+    which a step of ``x`` lies in memory. Identity for a contiguous or T-expanded NCHW sequence."""
+    rest = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    return [0, *rest]
