@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from spikect.config import Config, load_config
 from spikect.losses import MultiTaskLoss
-from spikect.model.inference import as_input, optimize_for_inference
+from spikect.model.inference import as_input, optimize_for_inference, reuse_freed_memory
 from spikect.model.network import MultiTaskNet
 
 NOTES = (
@@ -49,7 +49,8 @@ NOTES = (
     "(torch FlopCounterMode); the first conv reads the static image, so it runs once for all T steps, "
     "not T times. Elementwise work (BatchNorm, LIF updates, pooling) is not counted.",
     "infer_ms_per_slice is the optimised copy diagnose runs (channels_last, BatchNorm folded); "
-    "infer_ms_per_slice_plain the model as trained. model_gflops_per_s uses the optimised time.",
+    "infer_ms_per_slice_plain the model as trained; both, and the ANN twin, with glibc's freed memory "
+    "kept for reuse as in diagnose. model_gflops_per_s uses the optimised time.",
     "peak_rss_gb_diagnose / _train: peak resident memory (VmHWM) of a child process that ran only the "
     "diagnose run / only the train measurements; peak_rss_gb: the largest of those and this process's.",
     "train_epoch_minutes is extrapolated from the timed batches listed (real data through the real loader, "
@@ -480,6 +481,7 @@ def run_bench(
         result["matmul_peak_gflops_per_s"] = measure_matmul(matmul_size)
         bar.update()
         stage(f"inference, batch {infer_batch}: plain / optimised SNN, ANN twin")
+        reuse_freed_memory()  # as spikect diagnose runs (for all three nets alike)
         twin = ann_twin(cfg)
         nets = {
             "plain": (model, cfg),
@@ -638,20 +640,25 @@ def bench_command(args: Any) -> dict[str, Any]:
     """``spikect bench`` from its parsed arguments (see ``spikect bench --help``).
 
     ``--quick`` measures the packaged tiny config on an 8-slice 64² volume with few iterations: a smoke run
-    of every measurement in seconds, whose figures say nothing about the targets. Without ``--weights``
-    the shipped weights are used for the shipped default config, a random initialisation otherwise.
+    of every measurement in seconds, whose figures say nothing about the targets. ``--weights`` without
+    ``--config`` measures that checkpoint under its own config (``--weights default``: exactly the model
+    ``spikect diagnose`` ships with). Otherwise the config is measured, with the shipped weights when they
+    fit it and a random initialisation when not (same speed).
     """
     from importlib import resources
 
-    packaged = Path(str(resources.files("spikect") / "configs"))
-    config = Path(args.config) if args.config else packaged / ("tiny.yaml" if args.quick else "default.yaml")
-    cfg = load_config(config)
-    weights = args.weights
-    if weights is None and not args.quick:
-        from spikect.checkpoint import load_checkpoint
+    from spikect.checkpoint import load_checkpoint
 
-        shipped = load_checkpoint("default")
-        weights = "default" if shipped.config.model == cfg.model else None
+    packaged = Path(str(resources.files("spikect") / "configs"))
+    weights = args.weights
+    if weights is not None and not args.config:
+        cfg = load_checkpoint(weights).config
+    else:
+        cfg = load_config(
+            Path(args.config) if args.config else packaged / ("tiny.yaml" if args.quick else "default.yaml")
+        )
+        if weights is None and not args.quick:
+            weights = "default" if load_checkpoint("default").config.model == cfg.model else None
     opts: dict[str, Any] = dict(QUICK) if args.quick else {}
     if args.ct_slices is not None:
         opts["ct_slices"] = args.ct_slices

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the figures to this JSON file")
     b.add_argument("--quick", action="store_true", help="tiny config, 8-slice 64² volume: seconds, for CI")
     b.add_argument("--threads", type=int, help="torch threads (default: the config's, else torch's)")
-    b.add_argument("--weights", help="checkpoint the diagnose run loads (default: shipped / random init)")
+    b.add_argument("--weights", help="checkpoint to measure (without --config: under its own config)")
     b.add_argument("--full-epoch", action="store_true", help="time a real epoch, not extrapolated batches")
     b.add_argument("--epoch-steps", type=int, default=8, help="batches timed for the epoch estimate")
     b.add_argument("--ct-slices", type=int, help="slices of the generated volume (default 300; 0: skip)")
