@@ -550,3 +550,37 @@ def test_diagnosis_masks_are_canonical(tiny_weights: Path, phantom_nifti: dict[s
     assert diag.slice_probabilities.shape == (volume.array.shape[0],)
     assert ((diag.slice_probabilities >= 0) & (diag.slice_probabilities <= 1)).all()
     assert not (diag.infection & ~diag.lung).any() and not (diag.left_lung & diag.right_lung).any()
+
+
+def test_lung_crops_cut_each_slice_to_its_lung_box_and_skip_slices_without_lung():
+    import torch
+
+    from spikect.diagnose import CROP_MARGIN, lung_crops
+
+    slab = np.zeros((3, 100, 200), dtype=np.float32)
+    slab[0, 20:60, 50:150] = 1.0  # the "lung" region is bright, the rest dark
+    lung = torch.zeros(3, 32, 32, dtype=torch.bool)
+    lung[0, 8:20, 8:24] = True  # model-size box = slice rows 25..62.5, cols 50..150
+    lung[2, 0, 0] = True  # one pixel: below the minimum lung fraction
+    crops, idx = lung_crops(slab, lung, 16)
+    assert idx.tolist() == [0] and crops.shape == (1, 1, 16, 16)
+    # the crop is mostly the bright box (margins add a thin dark frame)
+    assert 0.6 < float(crops.mean()) < 1.0
+    assert CROP_MARGIN < 0.2
+    empty, none = lung_crops(slab, torch.zeros(3, 32, 32, dtype=torch.bool), 16)
+    assert empty.shape == (0, 1, 16, 16) and none.size == 0
+
+
+def test_forward_can_run_only_some_heads():
+    import torch
+
+    from spikect.model.network import MultiTaskNet
+    from tests.conftest import tiny_model_config
+
+    net = MultiTaskNet(tiny_model_config()).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        full, only = net(x), net(x, heads=["cls"])
+    assert set(only) == {"cls"} and torch.equal(full["cls"], only["cls"])
+    with pytest.raises(ValueError, match="no head"):
+        net(x, heads=["vessels"])

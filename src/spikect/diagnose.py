@@ -21,6 +21,12 @@ the k highest slice probabilities, and the scan is "positive" when it is > 0.5 (
 positive scan look normal; k > 1 so that one odd slice cannot decide. ``positive_slices`` counts the
 lung slices with probability > 0.5. Without any lung slice every slice counts, with a warning.
 
+Classifier input. The cls head was trained on slices cropped around the lungs (the same-source set), so a
+full-field slice is out of its domain: each slice whose predicted lung covers at least
+``CROP_MIN_LUNG_FRACTION`` of it is cropped to the lung's bounding box plus ``CROP_MARGIN`` of its size on
+every side, stretched to the model's square as in training, and classified by a second, encoder + cls
+pass; slices without lung keep the full-field rate (``cls_crop=False`` uses full fields throughout).
+
 Severity (:mod:`spikect.severity`) comes from the segmentation, not from the classifier: the two can
 disagree, and the report gives both.
 """
@@ -61,6 +67,8 @@ LUNG_SLICE_FRACTION = 0.10  # a slice "contains lung" with at least this share o
 TOP_K_FRACTION = 0.10
 TOP_K_MIN = 3
 POSITIVE_THRESHOLD = 0.5
+CROP_MARGIN = 0.06  # of the lung box's height / width, per side: the training crops keep some chest wall
+CROP_MIN_LUNG_FRACTION = 0.005  # of the slice's pixels at model size; smaller boxes are noise, not lungs
 
 OUTPUT_TYPES: tuple[str, ...] = ("nifti", "dicom-seg", "png", "pdf")
 DEFAULT_OUTPUT_TYPES: tuple[str, ...] = ("nifti", "png")
@@ -194,6 +202,28 @@ def model_input(volume: Volume, start: int, stop: int) -> np.ndarray:
     return window_hu(slab) if volume.kind == "hu" else np.clip(slab, 0.0, 1.0)
 
 
+def lung_crops(slab: np.ndarray, lung: torch.Tensor, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Crop ``slab [n, H, W]`` (model domain) around each slice's lung ``lung [n, s, s]`` (bool, model size)
+    -> (model input ``[m, 1, size, size]``, the m slice indices that had enough lung)."""
+    n, h, w = slab.shape
+    s = lung.shape[-1]
+    keep = lung.flatten(1).float().mean(1) >= CROP_MIN_LUNG_FRACTION
+    idx = np.flatnonzero(keep.cpu().numpy())
+    crops = []
+    for i in idx:
+        rows = torch.nonzero(lung[i].any(1)).flatten()
+        cols = torch.nonzero(lung[i].any(0)).flatten()
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        mr, mc = CROP_MARGIN * (r1 - r0), CROP_MARGIN * (c1 - c0)
+        # model-size box -> slice pixels (the model's square is the slice stretched)
+        y0, y1 = max(0, math.floor((r0 - mr) * h / s)), min(h, math.ceil((r1 + mr) * h / s))
+        x0, x1 = max(0, math.floor((c0 - mc) * w / s)), min(w, math.ceil((c1 + mc) * w / s))
+        crops.append(prepare_batch(slab[i : i + 1, y0:y1, x0:x1], size))
+    if not crops:
+        return torch.empty(0, 1, size, size), idx
+    return torch.cat(crops), idx
+
+
 def inference_net(model: torch.nn.Module, fast: bool = True) -> torch.nn.Module:
     """What diagnose runs: for a :class:`MultiTaskNet` with ``fast``, an optimised copy (channels_last,
     BatchNorm folded: :mod:`spikect.model.inference`); any other module (or ``fast=False``) as it is. Masks
@@ -212,12 +242,13 @@ def diagnose(
     progress: bool = True,
     fast: bool = True,
     timer: StageTimer | None = None,
+    cls_crop: bool = True,
 ) -> Diagnosis:
     """Segment, classify and grade one canonical volume (see the module docstring for the rules).
 
     ``fast`` runs the optimised copy of :func:`inference_net` (``False``: the model as given, the
     reference the speed-ups are checked against); ``timer`` collects the preprocess / model / postprocess
-    seconds.
+    seconds; ``cls_crop`` classifies lung crops (module docstring).
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -237,15 +268,24 @@ def diagnose(
         for a in range(0, nz, batch_size):
             b = min(a + batch_size, nz)
             with timer.stage("preprocess"):
-                x = as_input(net, prepare_batch(model_input(volume, a, b), size).to(device))
+                slab = model_input(volume, a, b)
+                x = as_input(net, prepare_batch(slab, size).to(device))
             with timer.stage("model"):
                 out = net(x)
+            if cls_crop:
+                with timer.stage("preprocess"):
+                    crops, idx = lung_crops(slab, out[heads.lung][:, 0] > threshold, size)
+                if idx.size:
+                    with timer.stage("model"):
+                        rates = net(as_input(net, crops.to(device)), heads=[heads.cls])[heads.cls]
             with timer.stage("postprocess"):
                 seg = torch.cat([out[heads.lung], out[heads.infection]], dim=1).float()
                 seg = resize_logits(seg, (ny, nx)) > threshold  # thresholded per batch: no float volume kept
                 seg = seg.cpu().numpy()
                 lung_raw[a:b], infection_raw[a:b] = seg[:, 0], seg[:, 1]
                 probs[a:b] = class_probabilities(out[heads.cls].float().cpu())[:, 1].numpy()
+                if cls_crop and idx.size:
+                    probs[a + idx] = class_probabilities(rates.float().cpu())[:, 1].numpy()
             bar.update(b - a)
 
     with timer.stage("postprocess"):

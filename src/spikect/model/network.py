@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from spikingjelly.activation_based import functional
 from torch import nn
@@ -25,14 +27,19 @@ class MultiTaskNet(nn.Module):
             }
         )
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x [B, C, H, W]`` in [0, 1] → ``{head name: cls rates [B, K] | seg logits [B, 1, H, W]}``."""
+    def forward(self, x: torch.Tensor, heads: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """``x [B, C, H, W]`` in [0, 1] → ``{head name: cls rates [B, K] | seg logits [B, 1, H, W]}``,
+        for every head or only those named in ``heads`` (the others cost nothing)."""
+        names = list(self.heads) if heads is None else list(heads)
+        unknown = [n for n in names if n not in self.heads]
+        if unknown:
+            raise ValueError(f"no head(s) {unknown}; this model has {list(self.heads)}")
         self.check_input(x)
         functional.reset_net(self)  # every batch starts from resting potential
         if self.cfg.input_norm == "equalize":
             x = rank_equalize(x)
         skips, z = self.encoder(x)
-        return {name: head(z, skips) for name, head in self.heads.items()}
+        return {name: self.heads[name](z, skips) for name in names}
 
     def check_input(self, x: torch.Tensor) -> None:
         c, levels = self.cfg.in_channels, self.cfg.levels
