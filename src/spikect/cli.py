@@ -129,6 +129,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         output_types=args.output_type,
         debug=args.debug,
+        cls_crop=args.cls_crop,
     )
 
 
@@ -245,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="nifti,png",
         metavar="TYPES",
         help="comma-separated: nifti (masks), png (overlay), pdf, dicom-seg (default nifti,png)",
+    )
+    d.add_argument(
+        "--cls-crop",
+        action="store_true",
+        help="classify each slice's lung crop (the classifier's training domain) instead of the full field",
     )
     d.set_defaults(func=cmd_diagnose)
 
