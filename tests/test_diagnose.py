@@ -21,8 +21,6 @@ import pytest
 import torch
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import spikect.report as report_mod
 from spikect import postprocess as pp
@@ -34,7 +32,7 @@ from spikect.io import load_volume
 from spikect.phantom import make_phantom, write_phantom_nifti
 from spikect.preprocess import window_hu
 from spikect.report import write_outputs
-from tests.conftest import save_tiny_checkpoint, shared
+from tests.conftest import save_tiny_checkpoint, shared, write_ct_slice
 
 SMALL = (24, 96, 96)  # phantom shape for fast runs
 SMALL_SPACING = (10.0, 3.7, 3.7)
@@ -100,26 +98,7 @@ def error_lines(err: str) -> list[str]:
 
 def write_ct_dicom(path: Path, pixels: np.ndarray) -> None:
     """A minimal, valid single-slice CT DICOM file."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
-        generate_uid(),
-        generate_uid(),
-        generate_uid(),
-    )
-    ds.Modality, ds.PatientID = "CT", "X"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 5
-    ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 0]
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_ct_slice(path, pixels)
 
 
 def phantom_png(path: Path, size_wh: tuple[int, int], z: int = 12) -> None:

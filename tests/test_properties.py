@@ -27,11 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from nibabel.orientations import io_orientation
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from spikect.io import load_volume, write_mask_nifti
 from spikect.preprocess import LUNG_WINDOW, prepare_batch, resize_image, window_hu
+from tests.conftest import write_ct_slice
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GEOMETRY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -254,24 +254,17 @@ def _write_series(folder: Path, case: dict) -> list[np.ndarray]:
     for k, name in enumerate(case["file_order"]):
         p = rng.integers(-1024, 600, (case["rows"], case["cols"])).astype(np.int16)
         pixels.append(p)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "P", k + 1
-        ds.Rows, ds.Columns = p.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelSpacing = [_ds(v) for v in case["spacing"]]
-        ds.SliceThickness = _ds(abs(case["step"]))
-        ds.ImageOrientationPatient = [_ds(v) for v in case["iop"]]
-        ds.ImagePositionPatient = [_ds(v) for v in np.asarray(case["origin"]) + k * case["step"] * normal]
-        ds.PixelData = p.tobytes()
-        ds.save_as(folder / f"IM{name:04d}", enforce_file_format=True)
+        write_ct_slice(
+            folder / f"IM{name:04d}",
+            p,
+            uids=(study, series, frame),
+            instance=k + 1,
+            patient="P",
+            spacing=[_ds(v) for v in case["spacing"]],
+            thickness=_ds(abs(case["step"])),
+            orientation=[_ds(v) for v in case["iop"]],
+            position=[_ds(v) for v in np.asarray(case["origin"]) + k * case["step"] * normal],
+        )
     return pixels
 
 

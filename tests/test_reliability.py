@@ -25,11 +25,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from spikect.cli import main
-from tests.conftest import save_tiny_checkpoint
+from tests.conftest import save_tiny_checkpoint, write_ct_slice
 
 RNG_SEED = 0
 N_TINY = 10_000  # the loader's MAX_FILES: the largest folder that is still looked at file by file
@@ -83,22 +82,8 @@ def nifti_bytes(data: np.ndarray, gz: bool = True) -> bytes:
 
 def write_dicom(path: Path, pixels: np.ndarray, series: str, z: float, number: int) -> None:
     """A minimal valid CT slice of ``series`` at table position ``z``."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3", series, "1.2.3.4"
-    ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "X", number
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-    ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, z]
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    uids = ("1.2.3", series, "1.2.3.4")
+    write_ct_slice(path, pixels, uids=uids, instance=number, thickness=2.5, position=(0, 0, z))
 
 
 def dicom_series(folder: Path, n: int, seed: int = RNG_SEED, constant: bool = False) -> list[Path]:
