@@ -253,6 +253,6 @@ def _objective(ckpt: object) -> torch.nn.Module:
 
     model = MultiTaskNet(ckpt.config.model)
     model.load_state_dict(ckpt.model)
-    loss_fn = MultiTaskLoss(ckpt.config.model.heads, ckpt.config.loss)
+    loss_fn = MultiTaskLoss(ckpt.config.model.heads, ckpt.config.loss, ckpt.config.model.t_steps)
     loss_fn.load_state_dict(ckpt.loss)
     return Objective(model, loss_fn)

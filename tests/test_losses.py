@@ -3,7 +3,7 @@ import math
 import torch
 
 from spikect.config import HeadConfig, LossConfig
-from spikect.losses import MultiTaskLoss, SegLoss, rate_mse
+from spikect.losses import MultiTaskLoss, SegLoss, count_ce, rate_mse
 
 HEADS = [HeadConfig(name="cls", type="cls"), HeadConfig(name="lung", type="seg", weight=2.0)]
 
@@ -22,6 +22,25 @@ def test_rate_mse_equals_hand_computed_and_ignores_unlabelled():
     loss = rate_mse(rates, torch.tensor([1, 0, -1]))
     # ((0.25-0)^2 + (0.75-1)^2 + (1-1)^2 + (0.5-0)^2) / 4
     assert math.isclose(float(loss), (0.0625 + 0.0625 + 0 + 0.25) / 4, rel_tol=1e-6)
+
+
+def test_count_ce_is_cross_entropy_on_spike_counts_and_pulls_apart_tied_rates():
+    rates = torch.tensor([[0.5, 0.5], [0.25, 0.75], [0.3, 0.3]], requires_grad=True)
+    loss = count_ce(rates, torch.tensor([1, 0, -1]), t_steps=4)
+    # logits = counts: sample 0 ties (2, 2) → log 2; sample 1 has counts (1, 3), label 0 → log(1 + e^2)
+    assert math.isclose(float(loss), (math.log(2) + math.log(1 + math.exp(2))) / 2, rel_tol=1e-6)
+    loss.backward()
+    # at a tie the gradient still pushes the labelled neuron up and the other down; unlabelled: nothing
+    assert rates.grad[0, 1] < 0 < rates.grad[0, 0] and torch.all(rates.grad[2] == 0)
+    # an unlabelled batch gives a zero loss that still backpropagates
+    assert float(count_ce(rates, torch.tensor([-1, -1, -1]), 4)) == 0.0
+
+
+def test_multitask_loss_uses_the_heads_rate_loss():
+    heads = [HeadConfig(name="cls", type="cls", rate_loss="ce", t_steps=8)]
+    rates = torch.tensor([[0.25, 0.75]])
+    total, parts = MultiTaskLoss(heads, LossConfig(), t_steps=4)({"cls": rates}, {"label": torch.tensor([1])})
+    assert math.isclose(float(parts["cls"]), math.log(1 + math.exp(-4.0)), rel_tol=1e-5)
 
 
 def test_focal_loss_equals_hand_computed():
@@ -66,3 +85,14 @@ def test_uncertainty_weighting_formula():
     expected = sum(0.5 * math.exp(-s) * float(parts[n]) + 0.5 * s for n, s in [("cls", 0.5), ("lung", -1.0)])
     assert math.isclose(total.item(), expected, rel_tol=1e-6)
     assert loss.log_vars.requires_grad
+
+
+def test_an_unknown_rate_loss_or_head_t_is_refused():
+    import pytest
+
+    from spikect.config import ConfigError, config_from_dict
+
+    for head, match in (({"rate_loss": "bce"}, "rate_loss"), ({"t_steps": 0}, "t_steps")):
+        data = {"model": {"heads": [{"name": "cls", "type": "cls", **head}]}}
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(data)

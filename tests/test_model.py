@@ -109,6 +109,30 @@ def test_cls_head_can_read_every_level_and_the_gradient_reaches_the_skips():
     assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
 
 
+def test_cls_head_runs_its_own_time_steps_and_an_ann_stays_at_one():
+    heads = [HeadConfig(name="cls", type="cls", t_steps=16)]
+    net = _net(heads=heads)
+    assert net.heads["cls"].t_steps == 16 and net.encoder.levels[0][0].t_steps == tiny_model_config().t_steps
+    rates = net(torch.rand(4, 1, 32, 32))["cls"]
+    # rates are multiples of 1/16, and some are not multiples of the encoder's 1/T (finer than its T)
+    assert torch.allclose(rates * 16, (rates * 16).round(), atol=1e-5)
+    torch.manual_seed(1)
+    many = _net(heads=heads)(torch.rand(32, 1, 32, 32))["cls"]
+    t = tiny_model_config().t_steps
+    assert not torch.allclose(many * t, (many * t).round(), atol=1e-5)
+    ann = _net(heads=heads, t_steps=1, neuron=NeuronConfig(kind="relu"))
+    assert ann.heads["cls"].t_steps == 1
+
+
+def test_balanced_init_starts_the_cls_neurons_at_threshold():
+    x = torch.rand(16, 1, 32, 32)
+    plain = _net(heads=[HeadConfig(name="cls", type="cls")])
+    balanced = _net(heads=[HeadConfig(name="cls", type="cls", balanced_init=True)])
+    assert all(float(layer.norm.bias.min()) == 1.0 for layer in balanced.heads["cls"].layers)
+    # the output layer fires for many more samples than from BN's zero bias
+    assert balanced(x)["cls"].mean() > 2 * plain(x)["cls"].mean()
+
+
 def test_rank_equalisation_makes_the_model_blind_to_monotone_contrast():
     x = torch.rand(2, 1, 32, 32)
     x[:, :, :8] = 0.0  # a block of equal background values: ties share one rank

@@ -188,7 +188,7 @@ def train_step(cfg: Config) -> Callable[[dict[str, torch.Tensor]], None]:
     """One training step on a fresh model: forward, the real ``MultiTaskLoss``, backward, gradient
     clipping and an AdamW step (what ``spikect train`` does per batch)."""
     model = build_model(cfg).train()
-    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss)
+    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps)
     params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
@@ -250,7 +250,7 @@ def measure_epoch(
     split = make_splits(cfg.data, data_base)
     train_loader, val_loader, _ = make_loaders(cfg, split)
     model = MultiTaskNet(cfg.model)
-    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss)
+    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps)
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     objective = Objective(model, loss_fn, cfg.loss.firing_rate_l2)

@@ -46,6 +46,15 @@ class HeadConfig:
     # cls: also read every encoder level's spike rate (global mean over T, H, W), not only the bottleneck.
     # Short paths for the surrogate gradient, like the seg skips (the deep-only head barely trains).
     pool_skips: bool = False
+    # cls: the head's own time steps. Its input (pooled u(T)/T) is static, so it can be shown for longer
+    # than the encoder's T at almost no cost (FC layers); finer rates, smoother surrogate gradients.
+    t_steps: int | None = None  # None: the model's T
+    # cls: 'mse' on rates (the patent) or 'ce', cross-entropy on spike counts (rate × T as logits)
+    rate_loss: str = "mse"
+    # cls: start every FC layer's BN bias at the firing threshold, so half the batch fires from step one
+    # (threshold balancing). From BN's default bias 0 the LIF neurons start mostly silent and identical
+    # across classes, and Adam needs epochs to move the bias into the range where rates carry the class.
+    balanced_init: bool = False
     # seg: decoder widths from the deepest level to the shallowest (default: the encoder's, reversed)
     widths: list[int] | None = None
     skips: bool = True
@@ -53,6 +62,10 @@ class HeadConfig:
     @property
     def mask(self) -> str:
         return self.target or self.name
+
+    def time_steps(self, model_t: int) -> int:
+        """The T this head runs for: its own if set (spiking cls head), else the model's; an ANN stays 1."""
+        return self.t_steps if self.t_steps is not None and model_t > 1 else model_t
 
 
 @dataclass
@@ -260,6 +273,10 @@ def validate(cfg: Config) -> None:
     for h in m.heads:
         if h.type not in ("cls", "seg"):
             raise ConfigError(f"head {h.name!r}: type must be 'cls' or 'seg', got {h.type!r}")
+        if h.rate_loss not in ("mse", "ce"):
+            raise ConfigError(f"head {h.name!r}: rate_loss must be 'mse' or 'ce', got {h.rate_loss!r}")
+        if h.t_steps is not None and h.t_steps < 1:
+            raise ConfigError(f"head {h.name!r}: t_steps must be >= 1")
         if h.type == "seg" and h.widths is not None and len(h.widths) != m.levels:
             raise ConfigError(f"head {h.name!r}: widths needs {m.levels} entries (one per level)")
     if cfg.train.amp not in ("auto", "bf16", "none"):

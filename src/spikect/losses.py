@@ -29,6 +29,16 @@ def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(rates[valid], target)
 
 
+def count_ce(rates: torch.Tensor, labels: torch.Tensor, t_steps: int) -> torch.Tensor:
+    """Cross-entropy with spike counts (rate × T) as logits, over labelled samples. Unlike the MSE, its
+    gradient does not vanish when both rates sit near the same value, which is where a spiking cls head
+    starts."""
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return rates.sum() * 0.0
+    return nn.functional.cross_entropy(rates[valid] * t_steps, labels[valid].long())
+
+
 class SegLoss(nn.Module):
     """Sigmoid focal loss (monai), plus soft Dice when ``dice`` is set, over samples that have the mask."""
 
@@ -50,9 +60,10 @@ class SegLoss(nn.Module):
 
 
 class MultiTaskLoss(nn.Module):
-    def __init__(self, heads: list[HeadConfig], cfg: LossConfig) -> None:
+    def __init__(self, heads: list[HeadConfig], cfg: LossConfig, t_steps: int = 4) -> None:
         super().__init__()
         self.heads = heads
+        self.t_steps = t_steps  # the model's T, for a cls head without its own
         self.weighting = cfg.weighting
         self.seg = SegLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.dice)
         self.register_buffer("fixed", torch.tensor([h.weight for h in heads], dtype=torch.float32))
@@ -65,7 +76,10 @@ class MultiTaskLoss(nn.Module):
     ) -> tuple[torch.Tensor, bool]:
         if head.type == "cls":
             labels = batch["label"]
-            return rate_mse(out, labels), bool((labels >= 0).any())
+            present = bool((labels >= 0).any())
+            if head.rate_loss == "ce":
+                return count_ce(out, labels, head.time_steps(self.t_steps)), present
+            return rate_mse(out, labels), present
         has = batch[f"has_{head.mask}"]
         return self.seg(out, batch[head.mask], has), bool(has.any())
 

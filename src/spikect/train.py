@@ -346,7 +346,7 @@ def _train(
         cfg.save(out / "config.yaml")
 
     model = MultiTaskNet(cfg.model).to(device)
-    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss).to(device)
+    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps).to(device)
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if ckpt is not None:

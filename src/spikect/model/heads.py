@@ -20,7 +20,9 @@ class ClsHead(nn.Module):
         self, head: HeadConfig, cfg: ModelConfig, in_channels: int, skip_channels: list[int]
     ) -> None:
         super().__init__()
-        t, nc, bn = cfg.t_steps, cfg.neuron, cfg.batch_norm
+        t = head.time_steps(cfg.t_steps)
+        nc, bn = cfg.neuron, cfg.batch_norm
+        self.t_steps = t
         self.pool_skips = head.pool_skips
         sizes = [in_channels + (sum(skip_channels) if head.pool_skips else 0), *head.hidden]
         layers: list[nn.Module] = [
@@ -32,6 +34,10 @@ class ClsHead(nn.Module):
         # the MSE on rates has almost nothing to pull on (seen in practice: rates stuck at 0).
         layers.append(hybrid_linear(sizes[-1], head.num_classes * head.population, t, nc, bn, out_act))
         self.layers = nn.Sequential(*layers)
+        if head.balanced_init and nc.kind != "relu":
+            for layer in self.layers:
+                if isinstance(layer.norm, nn.BatchNorm1d):
+                    nn.init.constant_(layer.norm.bias, nc.v_threshold)
         self.rate = MeanOverTime()
         self.num_classes = head.num_classes
         self.population = head.population
