@@ -484,26 +484,74 @@ def test_serve_refuses_a_non_local_bind_without_token(
 # ----------------------------------------------------------------------------------- persistence
 
 
-def test_restart_keeps_finished_studies_and_fails_interrupted_ones(tmp_path: Path, weights: Path) -> None:
-    home = tmp_path / "home"
-    with serve(home, weights) as client:
-        d = done(client, upload(client, shared("nifti", "example_ct_sm.nii.gz")))
-    # a study the worker was running when the server died, and an upload cut off before its row
+def _insert(home: Path, study_id: str, status: str, input_rel: str | None, restarts: int = 0) -> None:
+    """A row as a server that died would have left it."""
     with sqlite3.connect(home / "spikect.db") as db:
         now = time.time()
         db.execute(
-            "INSERT INTO studies (id, name, created_at, updated_at, status, stage, progress) "
-            "VALUES ('00000000000000aa', 'crashed.nii.gz', ?, ?, 'running', 'running the model', 0.4)",
-            (now, now),
+            "INSERT INTO studies (id, name, created_at, updated_at, status, stage, progress, input, "
+            "restarts) VALUES (?, 'x.nii.gz', ?, ?, ?, 'running the model', 0.4, ?, ?)",
+            (study_id, now, now, status, input_rel, restarts),
         )
-    (home / "studies" / "00000000000000aa" / "input").mkdir(parents=True)
+
+
+def test_restart_keeps_finished_studies_requeues_interrupted_ones_and_never_crash_loops(
+    tmp_path: Path, weights: Path
+) -> None:
+    home = tmp_path / "home"
+    scan = shared("nifti", "example_ct_sm.nii.gz")
+    with serve(home, weights) as client:
+        d = done(client, upload(client, scan))
+    # what a dead server leaves: a queued and a running study with their uploads, a running study that
+    # already killed the server once, a running study without its upload, and an upload cut off before
+    # its row was written
+    rows = (
+        ("00000000000000a1", "queued", 0),
+        ("00000000000000a2", "running", 0),
+        ("00000000000000a3", "running", 1),
+    )
+    for study_id, status, restarts in rows:
+        (home / "studies" / study_id / "input").mkdir(parents=True)
+        (home / "studies" / study_id / "input" / scan.name).write_bytes(scan.read_bytes())
+        _insert(home, study_id, status, f"input/{scan.name}", restarts)
+    _insert(home, "00000000000000a4", "running", None)
     (home / "studies" / "00000000000000bb").mkdir()
     with serve(home, weights) as client:
         again = client.get(f"/api/studies/{d['id']}").json()
         assert again["status"] == "done" and again["report"] == d["report"]
         assert client.get(f"/api/studies/{d['id']}/files/lung.nii.gz").status_code == 200
-        crashed = client.get("/api/studies/00000000000000aa").json()
-        assert crashed["status"] == "failed" and crashed["error"] == INTERRUPTED
-        assert "restart" in crashed["error"]
-        assert {s["id"] for s in client.get("/api/studies").json()} == {d["id"], "00000000000000aa"}
+        for study_id in ("00000000000000a1", "00000000000000a2"):  # re-run from their kept uploads
+            rerun = wait(client, study_id)
+            assert rerun["status"] == "done", rerun
+            assert rerun["report"]["infection_percent"] == d["report"]["infection_percent"]
+        for study_id in ("00000000000000a3", "00000000000000a4"):  # second crash, or nothing to re-run
+            crashed = client.get(f"/api/studies/{study_id}").json()
+            assert crashed["status"] == "failed" and crashed["error"] == INTERRUPTED
+            assert not (home / "studies" / study_id).exists()
+        assert "restart" in INTERRUPTED
+        assert len(client.get("/api/studies").json()) == 5
         assert not (home / "studies" / "00000000000000bb").exists()
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path, weights: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with sqlite3.connect(home / "spikect.db") as db:  # the schema as spikect 0.1 wrote it
+        db.execute(
+            "CREATE TABLE studies (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, "
+            "updated_at REAL NOT NULL, status TEXT NOT NULL, error TEXT, stage TEXT NOT NULL DEFAULT '', "
+            "progress REAL NOT NULL DEFAULT 0, n_files INTEGER NOT NULL DEFAULT 0, upload_bytes INTEGER "
+            "NOT NULL DEFAULT 0, label TEXT, probability REAL, severity TEXT, infection_percent REAL, "
+            "start_slice INTEGER, report TEXT)"
+        )
+        db.execute(
+            "INSERT INTO studies (id, name, created_at, updated_at, status) "
+            "VALUES ('00000000000000c1', 'old.nii.gz', 1, 1, 'running')"
+        )
+        db.execute("PRAGMA user_version = 1")
+    with serve(home, weights) as client:
+        old = client.get("/api/studies/00000000000000c1").json()
+        assert old["status"] == "failed" and old["error"] == INTERRUPTED  # no upload recorded: not re-run
+        done(client, upload(client, shared("nifti", "example_ct_sm.nii.gz")))
+    with sqlite3.connect(home / "spikect.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -347,7 +347,21 @@ def test_token_is_required_by_the_real_server(server: Server) -> None:
 # ------------------------------------------------------------------------------------------- SIGKILL
 
 
-def test_sigkill_during_a_study_keeps_finished_ones_and_fails_the_interrupted_one(
+def _kill_in_the_model(server, study_id: str) -> None:  # noqa: ANN001
+    """SIGKILL ``server`` while ``study_id`` runs the model (neither before it starts nor after it wrote)."""
+    deadline = time.monotonic() + 60
+    while True:
+        d = server.json(f"/api/studies/{study_id}")
+        if d["status"] == "running" and d["stage"].startswith("running the model") and d["progress"] > 0.1:
+            break
+        assert d["status"] in ("queued", "running"), d
+        assert time.monotonic() < deadline, f"the long study never got into the model: {d}"
+        time.sleep(0.02)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+
+
+def test_sigkill_during_a_study_keeps_finished_ones_reruns_the_interrupted_one_once(
     tmp_path: Path, weights: Path
 ) -> None:
     home = tmp_path / "home"
@@ -362,27 +376,14 @@ def test_sigkill_during_a_study_keeps_finished_ones_and_fails_the_interrupted_on
         status, _, data = first.upload(long_nifti(), "long.nii.gz")
         assert status == 202, data
         running_id = json.loads(data)["id"]
-        deadline = time.monotonic() + 60
-        while True:  # kill while the model runs (neither before it starts nor after it wrote anything)
-            d = first.json(f"/api/studies/{running_id}")
-            if (
-                d["status"] == "running"
-                and d["stage"].startswith("running the model")
-                and d["progress"] > 0.1
-            ):
-                break
-            assert d["status"] in ("queued", "running"), d
-            assert time.monotonic() < deadline, f"the long study never got into the model: {d}"
-            time.sleep(0.02)
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait(30)
+        _kill_in_the_model(first, running_id)
     with sqlite3.connect(home / "spikect.db") as db:  # the database survived the kill intact
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = dict(db.execute("SELECT id, status FROM studies").fetchall())
     assert rows == {done_id: "done", running_id: "running"}
     assert not (home / "studies" / running_id / "files").exists()  # results never appeared half-written
 
-    with serve(home, weights) as second:
+    with serve(home, weights) as second:  # the interrupted study runs again from its kept upload
         again = second.json(f"/api/studies/{done_id}")
         assert (
             again["status"] == "done"
@@ -392,10 +393,21 @@ def test_sigkill_during_a_study_keeps_finished_ones_and_fails_the_interrupted_on
         for name, data in kept.items():
             status, _, served = second.request("GET", f"/api/studies/{done_id}/files/{name}")
             assert status == 200 and served == data, name
-        crashed = second.json(f"/api/studies/{running_id}")
-        assert crashed["status"] == "failed" and crashed["error"] == INTERRUPTED and crashed["files"] == []
-        assert second.request("GET", f"/api/studies/{running_id}/files/report.json")[0] == 409
+        rerun = second.wait(running_id)
+        assert rerun["status"] == "done" and rerun["error"] is None, rerun
         assert {s["id"] for s in second.json("/api/studies")} == {done_id, running_id}
-        assert not (home / "studies" / running_id).exists()  # its upload and partial output are gone
-        status, _, data = second.upload(png_slice(8))  # and the restarted server works
-        assert status == 202 and second.wait(json.loads(data)["id"])["status"] == "done"
+
+    # a scan that kills the server twice is not run a third time: no crash loop
+    with serve(home, weights, "--batch-size", "1") as third:
+        status, _, data = third.upload(long_nifti(), "long.nii.gz")
+        twice_id = json.loads(data)["id"]
+        _kill_in_the_model(third, twice_id)
+    with serve(home, weights, "--batch-size", "1") as fourth:
+        _kill_in_the_model(fourth, twice_id)
+    with serve(home, weights) as fifth:
+        crashed = fifth.json(f"/api/studies/{twice_id}")
+        assert crashed["status"] == "failed" and crashed["error"] == INTERRUPTED and crashed["files"] == []
+        assert fifth.request("GET", f"/api/studies/{twice_id}/files/report.json")[0] == 409
+        assert not (home / "studies" / twice_id).exists()  # its upload and partial output are gone
+        status, _, data = fifth.upload(png_slice(8))  # and the restarted server works
+        assert status == 202 and fifth.wait(json.loads(data)["id"])["status"] == "done"

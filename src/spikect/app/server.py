@@ -22,6 +22,7 @@ import dataclasses
 import hmac
 import logging
 import queue
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -42,7 +43,7 @@ from starlette.requests import ClientDisconnect
 from spikect import __version__
 from spikect.app.settings import AppSettings
 from spikect.app.slices import render_slice
-from spikect.app.store import Study, StudyStore, new_study_id, valid_study_id
+from spikect.app.store import INTERRUPTED, Study, StudyStore, new_study_id, valid_study_id
 from spikect.app.uploads import UploadError, check_request, receive_upload
 from spikect.app.worker import FILES_DIR, SERVED_FILES, DiagnosisWorker, Job
 from spikect.checkpoint import CheckpointError, resolve_weights
@@ -233,6 +234,12 @@ def create_app(settings: AppSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = StudyStore.open(settings.db_path, settings.studies_dir)
         worker = DiagnosisWorker(store, settings)
+        for study_id, path, name in store.requeued:  # interrupted by the last shutdown or crash
+            try:
+                worker.submit(Job(study_id, path, name))
+            except queue.Full:
+                store.fail(study_id, f"{INTERRUPTED} (the queue was full)")
+                shutil.rmtree(store.folder(study_id), ignore_errors=True)
         worker.start()
         app.state.store, app.state.worker = store, worker
         try:
@@ -322,7 +329,7 @@ def create_app(settings: AppSettings) -> FastAPI:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         except ClientDisconnect:
             return JSONResponse({"detail": "the client disconnected during the upload"}, status_code=400)
-        store.add(study_id, upload.name, upload.n_files, upload.size)
+        store.add(study_id, upload.name, upload.n_files, upload.size, upload.input_path)
         try:
             worker.submit(Job(study_id, upload.input_path, upload.name))
         except queue.Full:

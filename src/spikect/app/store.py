@@ -2,9 +2,11 @@
 
 The database lives at ``$SPIKECT_HOME/spikect.db``; each study's files (upload, masks, report, overlay)
 live in ``$SPIKECT_HOME/studies/<id>/``. The schema is created on open. A row is only marked ``done``
-after all its files are written, so a crash can never leave a "done" study without its files; a study
-found ``queued`` or ``running`` when the server starts was interrupted, and :meth:`StudyStore.open`
-marks it ``failed`` with that reason rather than dropping it silently.
+after all its files are written, so a crash can never leave a "done" study without its files. A study
+found ``queued`` or ``running`` when the server starts was interrupted: :meth:`StudyStore.open` puts it
+back in the queue when its upload is intact (:attr:`StudyStore.requeued`). One that was *running* when the
+server died is re-queued once only, so a scan that kills the server cannot crash-loop it; after that, or
+without its upload, it is marked ``failed`` with the reason rather than dropped silently.
 
 One connection guarded by a lock: the worker thread and the request threads write rarely and briefly.
 """
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["queued", "running", "done", "failed"]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INTERRUPTED = "interrupted by a server restart before it finished; upload the scan again"
+REQUEUED = "re-queued after a server restart"
+MAX_RESTARTS = 1  # times a study that was running when the server died is run again
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
 _SCHEMA = """
@@ -44,10 +48,14 @@ CREATE TABLE IF NOT EXISTS studies (
     severity TEXT,
     infection_percent REAL,
     start_slice INTEGER,                -- the axial slice the viewer opens on
-    report TEXT                         -- report.json, verbatim
+    report TEXT,                        -- report.json, verbatim
+    input TEXT,                         -- the upload, relative to the study's folder (for a re-queue)
+    restarts INTEGER NOT NULL DEFAULT 0 -- server deaths while this study was running
 );
 CREATE INDEX IF NOT EXISTS studies_created ON studies (created_at);
 """
+
+_ADDED_IN_2 = (("input", "TEXT"), ("restarts", "INTEGER NOT NULL DEFAULT 0"))
 
 _SUMMARY = (
     "id, name, created_at, updated_at, status, error, stage, progress, n_files, upload_bytes, label, "
@@ -92,6 +100,8 @@ class StudyStore:
         self.studies_dir = studies_dir
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        # (id, input path, display name) of the interrupted studies put back in the queue, oldest first
+        self.requeued: list[tuple[str, Path, str]] = []
 
     @classmethod
     def open(cls, db_path: Path, studies_dir: Path) -> StudyStore:
@@ -109,6 +119,10 @@ class StudyStore:
                 f"{db_path} was written by a newer spikect (schema {version} > {SCHEMA_VERSION})"
             )
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
+        for column, kind in _ADDED_IN_2:  # a version-1 database: its table predates these columns
+            if column not in columns:
+                db.execute(f"ALTER TABLE studies ADD COLUMN {column} {kind}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         store._db = db
         store._recover()
@@ -126,16 +140,31 @@ class StudyStore:
         return self._db
 
     def _recover(self) -> None:
+        interrupted: set[str] = set()
         with self._lock:
             db = self._conn()
-            interrupted = {
-                row[0] for row in db.execute("SELECT id FROM studies WHERE status IN ('queued', 'running')")
-            }
-            db.execute(
-                "UPDATE studies SET status = 'failed', error = ?, stage = '', updated_at = ? "
-                "WHERE status IN ('queued', 'running')",
-                (INTERRUPTED, time.time()),
-            )
+            rows = db.execute(
+                "SELECT id, name, status, input, restarts FROM studies WHERE status IN ('queued', 'running') "
+                "ORDER BY created_at"
+            ).fetchall()
+            now = time.time()
+            for row in rows:
+                path = self.studies_dir / row["id"] / row["input"] if row["input"] else None
+                crashed = row["status"] == "running"
+                if path is not None and path.exists() and (not crashed or row["restarts"] < MAX_RESTARTS):
+                    db.execute(
+                        "UPDATE studies SET status = 'queued', stage = ?, progress = 0, updated_at = ?, "
+                        "restarts = restarts + ? WHERE id = ?",
+                        (REQUEUED, now, int(crashed), row["id"]),
+                    )
+                    self.requeued.append((row["id"], path, row["name"]))
+                else:
+                    db.execute(
+                        "UPDATE studies SET status = 'failed', error = ?, stage = '', updated_at = ? "
+                        "WHERE id = ?",
+                        (INTERRUPTED, now, row["id"]),
+                    )
+                    interrupted.add(row["id"])
             known = {row[0] for row in db.execute("SELECT id FROM studies")}
         for folder in self.studies_dir.iterdir():
             # an upload cut off before its row was written; only our own id-named folders are touched
@@ -149,13 +178,14 @@ class StudyStore:
             raise ValueError(f"invalid study id {study_id!r}")
         return self.studies_dir / study_id
 
-    def add(self, study_id: str, name: str, n_files: int, upload_bytes: int) -> None:
+    def add(self, study_id: str, name: str, n_files: int, upload_bytes: int, input_path: Path) -> None:
         now = time.time()
+        rel = str(input_path.relative_to(self.folder(study_id)))
         with self._lock:
             self._conn().execute(
-                "INSERT INTO studies (id, name, created_at, updated_at, status, stage, n_files, upload_bytes)"
-                " VALUES (?, ?, ?, ?, 'queued', 'waiting in the queue', ?, ?)",
-                (study_id, name, now, now, n_files, upload_bytes),
+                "INSERT INTO studies (id, name, created_at, updated_at, status, stage, n_files, upload_bytes,"
+                " input) VALUES (?, ?, ?, ?, 'queued', 'waiting in the queue', ?, ?, ?)",
+                (study_id, name, now, now, n_files, upload_bytes, rel),
             )
 
     def get(self, study_id: str, with_report: bool = True) -> Study | None:
