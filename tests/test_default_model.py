@@ -40,7 +40,7 @@ def test_the_shipped_config_is_the_committed_one(shipped):
     _, ckpt = shipped
     committed = load_config(REPO / "src" / "spikect" / "configs" / "default.yaml")
     assert ckpt.config.model == committed.model and ckpt.config.loss == committed.loss
-    assert ckpt.config.train == committed.train
+    assert ckpt.config.train == committed.train and ckpt.config.data.augment == committed.data.augment
     split = ckpt.meta["split"]
     assert split, "the shipped checkpoint must carry its split, so its test patients can be found"
 
