@@ -27,7 +27,14 @@ from spikect import postprocess as pp
 from spikect.checkpoint import Checkpoint, default_weights_path
 from spikect.cli import main
 from spikect.config import Config, HeadConfig, ModelConfig
-from spikect.diagnose import Diagnosis, classify_patient, diagnose, output_name, unique_names
+from spikect.diagnose import (
+    Diagnosis,
+    classifier_silence,
+    classify_patient,
+    diagnose,
+    output_name,
+    unique_names,
+)
 from spikect.io import load_volume
 from spikect.phantom import make_phantom, write_phantom_nifti
 from spikect.preprocess import window_hu
@@ -186,6 +193,14 @@ def test_patient_rule_top_k_over_lung_slices() -> None:
     assert tie.label == "negative"  # strictly above 0.5
     nolung = classify_patient(np.array([0.9, 0.1]), np.zeros(2))
     assert not nolung.lung_slices.any() and nolung.top_k == 2 and nolung.probability == pytest.approx(0.5)
+
+
+def test_a_silent_classifier_is_reported_not_read_as_negative() -> None:
+    lung = np.array([True, True, True, True, False])
+    silent = classifier_silence(np.array([0.5, 0.5, 0.5, 0.9, 0.9]), lung)  # 3 of 4 lung slices tied
+    assert silent and "3 of 4 lung slices" in silent and "uncertain" in silent
+    assert classifier_silence(np.array([0.5, 0.2, 0.9, 0.9, 0.5]), lung) is None  # 1 of 4: the rule decides
+    assert classifier_silence(np.full(3, 0.5), np.zeros(3, bool))  # no lung: every slice counts
 
 
 def test_output_names_are_deduplicated() -> None:

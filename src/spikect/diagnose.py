@@ -189,6 +189,20 @@ def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> 
     )
 
 
+def classifier_silence(slice_probabilities: np.ndarray, lung_slices: np.ndarray) -> str | None:
+    """A warning when the cls head gave no evidence (equal output rates, in practice both silent) on at
+    least half the slices the patient-level rule used: p = 0.50 there is "no evidence", not "negative"."""
+    probs = np.asarray(slice_probabilities)
+    used = probs[lung_slices] if np.asarray(lung_slices).any() else probs
+    tied = int(np.isclose(used, 0.5, rtol=0.0, atol=1e-6).sum())
+    if used.size == 0 or 2 * tied < used.size:
+        return None
+    return (
+        f"the classifier gave no evidence on {tied} of {used.size} lung slices (equal output rates, "
+        "usually both silent), so the class is uncertain: read the infection map"
+    )
+
+
 def check_device(device: str) -> str:
     """Refuse a device this machine lacks with a one-line reason (torch's own error is a traceback)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -306,6 +320,9 @@ def diagnose(
         if patient.lung_slices.any()
         else ["no lung found: the classification uses every slice and volumes are 0"]
     )
+    silent = classifier_silence(probs, patient.lung_slices)
+    if silent:
+        warnings.append(silent)
     return Diagnosis(
         lung=lung,
         infection=infection,
