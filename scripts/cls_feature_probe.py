@@ -24,13 +24,10 @@ from spikect.losses import count_ce, rate_mse
 from spikect.model.heads import ClsHead, class_probabilities
 
 
-def features(weights: str, split_path: str, part: str, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    net, ck = load_model(weights)
-    net.eval()
-    split, size = load_split(split_path), ck.config.model.image_size
-    ds = build_dataset(ck.config.data, split, part, size, augment=part == "train")
+def features(net, ck, split, part: str, passes: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    ds = build_dataset(ck.config.data, split, part, ck.config.model.image_size, augment=part == "train")
     rows, labels, cap = [], [], {}
-    net.encoder.register_forward_hook(lambda m, a, o: cap.__setitem__("out", o))
+    hook = net.encoder.register_forward_hook(lambda m, a, o: cap.__setitem__("out", o))
     for p in range(passes):
         torch.manual_seed(p)  # a new draw of augmentations per pass
         for s in range(0, len(ds), 32):
@@ -43,6 +40,7 @@ def features(weights: str, split_path: str, part: str, passes: int) -> tuple[tor
             pooled = [*(k.mean(dim=(0, 3, 4)) for k in skips), z.mean(dim=(2, 3)), z.amax(dim=(2, 3))]
             rows.append(torch.cat(pooled, 1))
             labels += [int(it["label"]) for it in items]
+    hook.remove()
     return torch.cat(rows).float(), torch.tensor(labels)
 
 
@@ -96,8 +94,11 @@ def main() -> None:
     ap.add_argument("--split", required=True, help="the split.json of the run that made the weights")
     ap.add_argument("--passes", type=int, default=3, help="augmented passes over the train part")
     args = ap.parse_args()
-    xtr, ytr = features(args.weights, args.split, "train", args.passes)
-    xva, yva = features(args.weights, args.split, "val", 1)
+    net, ck = load_model(args.weights)
+    net.eval()
+    split = load_split(args.split)
+    xtr, ytr = features(net, ck, split, "train", args.passes)
+    xva, yva = features(net, ck, split, "val", 1)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     print(f"{len(xtr)} train rows, {len(xva)} val rows, {xtr.shape[1]} features")
     lr_auc = logistic((xtr - mu) / sd, ytr, (xva - mu) / sd, yva)

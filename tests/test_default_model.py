@@ -4,15 +4,12 @@ the model card's exact figures come from ``spikect evaluate`` on the whole test 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from spikect.checkpoint import default_weights_path, load_model
 from spikect.config import load_config
-from spikect.data.datasets import SliceDataset, detect_layout, list_records
-from spikect.evaluate import score, select_part, summarise
+from spikect.evaluate import score, scoring_dataset, summarise
 from spikect.model.network import MultiTaskNet
 from tests.conftest import REPO, shared
 
@@ -28,14 +25,6 @@ def shipped():
     return load_model("default")
 
 
-def _test_sample(ckpt, name: str, every: int) -> SliceDataset:
-    root = shared(name)
-    layout = detect_layout(root)
-    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True, cls_labels=None)
-    records = select_part(list_records(root, data_cfg, layout), ckpt.meta.get("split"), "test")[::every]
-    return SliceDataset(root, records, ckpt.config.model.image_size, list(data_cfg.mask_dirs), layout)
-
-
 def test_the_shipped_config_is_the_committed_one(shipped):
     _, ckpt = shipped
     committed = load_config(REPO / "src" / "spikect" / "configs" / "default.yaml")
@@ -48,13 +37,19 @@ def test_the_shipped_config_is_the_committed_one(shipped):
 def test_held_out_figures_are_in_a_sane_band(shipped):
     model, ckpt = shipped
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    seg = summarise(score(model, _test_sample(ckpt, "covid19-ct-seg-png", 3), progress=False))
-    cls = summarise(score(model, _test_sample(ckpt, "sarscov2-ct", 3), progress=False))
+    seg = summarise(
+        score(model, scoring_dataset(shared("covid19-ct-seg-png"), ckpt, "test", every=3), progress=False)
+    )
+    cls = summarise(
+        score(model, scoring_dataset(shared("sarscov2-ct"), ckpt, "test", every=3), progress=False)
+    )
     assert seg["lung_dice"] >= LUNG_MIN, seg
     assert seg["infection_dice"] >= INFECTION_MIN, seg
     assert cls["auc"] >= AUC_MIN, cls
     # the band discriminates: the same architecture untrained fails it
     torch.manual_seed(0)
     untrained = MultiTaskNet(ckpt.config.model).eval()
-    bad = summarise(score(untrained, _test_sample(ckpt, "covid19-ct-seg-png", 6), progress=False))
+    bad = summarise(
+        score(untrained, scoring_dataset(shared("covid19-ct-seg-png"), ckpt, "test", every=6), progress=False)
+    )
     assert bad["lung_dice"] < LUNG_MIN

@@ -170,6 +170,11 @@ class PatientClass:
     lung_slices: np.ndarray  # bool [z]: the slices the rule used (all False: none had lung, all used)
 
 
+def _rule_slices(probs: np.ndarray, lung_slices: np.ndarray) -> np.ndarray:
+    """The slice probabilities the patient-level rule reads: the lung slices, or every slice if none."""
+    return probs[lung_slices] if lung_slices.any() else probs
+
+
 def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> PatientClass:
     """The patient-level rule of the module docstring, from slice probabilities and lung areas [z]."""
     probs = np.asarray(slice_probabilities, dtype=np.float64)
@@ -177,7 +182,7 @@ def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> 
     if probs.shape != area.shape or probs.ndim != 1 or probs.size == 0:
         raise ValueError(f"need equal-length 1-D arrays, got {probs.shape} and {area.shape}")
     lung_slices = (area > 0) & (area >= LUNG_SLICE_FRACTION * area.max())
-    used = probs[lung_slices] if lung_slices.any() else probs
+    used = _rule_slices(probs, lung_slices)
     k = min(used.size, max(TOP_K_MIN, math.ceil(TOP_K_FRACTION * used.size)))
     probability = float(np.sort(used)[::-1][:k].mean())
     return PatientClass(
@@ -192,8 +197,7 @@ def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> 
 def classifier_silence(slice_probabilities: np.ndarray, lung_slices: np.ndarray) -> str | None:
     """A warning when the cls head gave no evidence (equal output rates, in practice both silent) on at
     least half the slices the patient-level rule used: p = 0.50 there is "no evidence", not "negative"."""
-    probs = np.asarray(slice_probabilities)
-    used = probs[lung_slices] if np.asarray(lung_slices).any() else probs
+    used = _rule_slices(np.asarray(slice_probabilities), np.asarray(lung_slices))
     tied = int(np.isclose(used, 0.5, rtol=0.0, atol=1e-6).sum())
     if used.size == 0 or 2 * tied < used.size:
         return None

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from spikect.checkpoint import load_model
+from spikect.checkpoint import Checkpoint, load_model
 from spikect.data import SliceDataset, SliceRecord, detect_layout, list_records
 from spikect.data.splits import PARTS, Split
 from spikect.io.volume import MIN_INPLANE, InputError
@@ -205,6 +205,20 @@ def select_part(records: list, split_dict: dict[str, Any] | None, part: str | No
     return chosen
 
 
+def scoring_dataset(root: Path, ckpt: Checkpoint, part: str | None = None, every: int = 1) -> SliceDataset:
+    """The slices of ``root`` that ``spikect evaluate`` scores with ``ckpt``: all, or one ``part`` of the
+    checkpoint's own split; ``every`` > 1 keeps every n-th of them (a quick sample)."""
+    layout = detect_layout(root)
+    # seg slices are all positive; and every label of a cls folder is scored, also for a model trained on
+    # one class of it (data.cls_labels, the source-confounded setup of spikect compare)
+    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True, cls_labels=None)
+    records = list_records(root, data_cfg, layout)
+    if not records:
+        raise ValueError(f"{root}: no images to score in its {_INDEX[layout]}")
+    records = select_part(records, ckpt.meta.get("split"), part)[::every]
+    return SliceDataset(root, records, ckpt.config.model.image_size, list(data_cfg.mask_dirs), layout)
+
+
 def evaluate(
     root: str | Path,
     weights: str | Path,
@@ -218,19 +232,10 @@ def evaluate(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"not a folder: {root}")
-    layout = detect_layout(root)
     model, ckpt = load_model(weights, device)
-    # seg slices are all positive; and every label of a cls folder is scored, also for a model trained on
-    # one class of it (data.cls_labels, the source-confounded setup of spikect compare)
-    data_cfg = dataclasses.replace(ckpt.config.data, seg_cls_labels=True, cls_labels=None)
     if gamma <= 0:
         raise ValueError(f"--gamma must be > 0, got {gamma}")
-    records = list_records(root, data_cfg, layout)
-    if not records:
-        raise ValueError(f"{root}: no images to score in its {_INDEX[layout]}")
-    records = select_part(records, ckpt.meta.get("split"), part)
-    masks = list(data_cfg.mask_dirs)
-    ds = SliceDataset(root, records, ckpt.config.model.image_size, masks, layout)
+    ds = scoring_dataset(root, ckpt, part)
     return summarise(score(model, ds, batch_size, device, progress, vflip, gamma))
 
 

@@ -12,6 +12,7 @@ Total loss, uncertainty weights:  L = Σ_i [ ½ exp(-s_i) L_i + ½ s_i ]   (Kend
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from monai.losses import DiceLoss, FocalLoss
@@ -20,23 +21,30 @@ from torch import nn
 from spikect.config import HeadConfig, LossConfig
 
 
-def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between firing rates ``[B, K]`` and the one-hot labels, over labelled samples."""
+def _over_labelled(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rates: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """``loss(rates, labels)`` over the labelled samples (label >= 0); a zero that backpropagates if none."""
     valid = labels >= 0
     if not bool(valid.any()):
         return rates.sum() * 0.0
-    target = nn.functional.one_hot(labels[valid].long(), rates.shape[1]).to(rates.dtype)
-    return nn.functional.mse_loss(rates[valid], target)
+    return loss(rates[valid], labels[valid].long())
+
+
+def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between firing rates ``[B, K]`` and the one-hot labels, over labelled samples."""
+
+    def mse(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(r, nn.functional.one_hot(y, r.shape[1]).to(r.dtype))
+
+    return _over_labelled(mse, rates, labels)
 
 
 def count_ce(rates: torch.Tensor, labels: torch.Tensor, t_steps: int) -> torch.Tensor:
     """Cross-entropy with spike counts (rate × T) as logits, over labelled samples. Unlike the MSE, its
     gradient does not vanish when both rates sit near the same value, which is where a spiking cls head
     starts."""
-    valid = labels >= 0
-    if not bool(valid.any()):
-        return rates.sum() * 0.0
-    return nn.functional.cross_entropy(rates[valid] * t_steps, labels[valid].long())
+    return _over_labelled(lambda r, y: nn.functional.cross_entropy(r * t_steps, y), rates, labels)
 
 
 class SegLoss(nn.Module):
