@@ -73,6 +73,40 @@ def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeyp
     assert resumed[1]["train_total"] == straight[1]["train_total"]  # bit-identical to the uninterrupted run
 
 
+def test_ann_warm_start_trains_the_twin_then_the_converted_snn(tiny_cfg, tmp_path):
+    import copy
+
+    from spikect.checkpoint import load_checkpoint
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.ann_warmup_epochs, cfg.train.epochs, cfg.train.convert_batches = 2, 1, 2
+    train(cfg, tmp_path, progress=False)
+    twin = load_checkpoint(tmp_path / "ann-warmup" / "last.safetensors")
+    assert twin.config.model.neuron.kind == "relu" and twin.config.model.t_steps == 1
+    assert [r["epoch"] for r in _log(tmp_path / "ann-warmup" / "log.csv")] == ["0", "1"]
+    snn = load_checkpoint(tmp_path / "last.safetensors")
+    assert snn.config.model.neuron.kind == "lif" and snn.config.train.ann_warmup_epochs == 2
+    assert [r["epoch"] for r in snn.meta["ann_warmup"]] == [0, 1]  # kept for the training-time record
+    assert json.loads((tmp_path / "split.json").read_text()) == json.loads(
+        (tmp_path / "ann-warmup" / "split.json").read_text()
+    )
+    # the SNN started from the twin's weights (conv weights are not touched by conversion)...
+    name = "encoder.levels.1.0.op.weight"
+    fresh = tmp_path / "fresh"
+    cfg.train.ann_warmup_epochs = 0
+    train(cfg, fresh, progress=False)
+    start = load_checkpoint(fresh / "last.safetensors").model[name]
+    assert (snn.model[name] - twin.model[name]).abs().mean() < (start - twin.model[name]).abs().mean()
+    # the same command again reuses the finished warm-up instead of training the twin twice...
+    cfg.train.ann_warmup_epochs = 2
+    train(cfg, tmp_path, progress=False)
+    assert len(_log(tmp_path / "ann-warmup" / "log.csv")) == 2
+    # ...and a warm-up folder of another config is not silently reused
+    cfg.train.lr = 0.01
+    with pytest.raises(ValueError, match="another config"):
+        train(cfg, tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("root", ["covid19-ct-seg-png", "sarscov2-ct"])
 def test_evaluate_cli_on_held_out_part(tiny_run, root, tmp_path, capsys):
     out = tmp_path / "metrics.json"

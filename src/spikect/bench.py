@@ -17,7 +17,6 @@ memories (VmHWM) are their own. ``targets`` checks the figures against the issue
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import gc
 import json
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from spikect.config import Config, load_config
 from spikect.losses import MultiTaskLoss
+from spikect.model.convert import ann_twin
 from spikect.model.inference import as_input, optimize_for_inference, reuse_freed_memory
 from spikect.model.network import MultiTaskNet
 
@@ -131,14 +131,6 @@ def random_batch(cfg: Config, batch_size: int, seed: int = 0) -> dict[str, torch
 def build_model(cfg: Config, seed: int = 0) -> MultiTaskNet:
     torch.manual_seed(seed)
     return MultiTaskNet(cfg.model)
-
-
-def ann_twin(cfg: Config) -> Config:
-    """The same architecture as an ANN: ReLU neurons, one time step (``NeuronConfig.kind = 'relu'``)."""
-    twin = copy.deepcopy(cfg)
-    twin.model.neuron.kind = "relu"
-    twin.model.t_steps = 1
-    return twin
 
 
 def measure_flops(model: MultiTaskNet, cfg: Config) -> float:

@@ -152,6 +152,14 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default
     grad_clip: float = 5.0
     amp: str = "auto"  # auto (bf16 on a CUDA GPU that has it, else none) | bf16 (CUDA only) | none
+    # ANN warm start: first train the network as its ANN twin (ReLU, T = 1) for this many epochs, convert it
+    # (model/convert.py), then train the spiking network for `epochs`. Surrogate gradients through ten spiking
+    # layers barely teach the encoder whole-slice class features; the twin learns them in an epoch, cheaply,
+    # and they survive conversion. 0: the spiking network trains from scratch.
+    ann_warmup_epochs: int = 0
+    ann_warmup_lr: float | None = None  # None: train.lr
+    convert_scale: float = 2.0  # BatchNorm affine x this at conversion (why: model/convert.py)
+    convert_batches: int = 40  # training batches that re-estimate BatchNorm statistics in spiking mode
 
 
 @dataclass
@@ -279,6 +287,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"head {h.name!r}: t_steps must be >= 1")
         if h.type == "seg" and h.widths is not None and len(h.widths) != m.levels:
             raise ConfigError(f"head {h.name!r}: widths needs {m.levels} entries (one per level)")
+    if cfg.train.ann_warmup_epochs < 0 or cfg.train.convert_batches < 1 or cfg.train.convert_scale <= 0:
+        raise ConfigError("train: need ann_warmup_epochs >= 0, convert_batches >= 1 and convert_scale > 0")
+    if cfg.train.ann_warmup_epochs and m.neuron.kind != "lif":
+        raise ConfigError("train.ann_warmup_epochs warms up a spiking net: model.neuron.kind must be 'lif'")
     if cfg.train.amp not in ("auto", "bf16", "none"):
         raise ConfigError(f"train.amp must be 'auto', 'bf16' or 'none', got {cfg.train.amp!r}")
     if cfg.loss.weighting not in ("fixed", "uncertainty"):

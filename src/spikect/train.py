@@ -38,6 +38,7 @@ from spikect.data.splits import Split, make_splits, save_split
 from spikect.distributed import SINGLE, Dist
 from spikect.losses import MultiTaskLoss
 from spikect.metrics import VolumeOverlap, classification_metrics
+from spikect.model.convert import ann_twin, convert
 from spikect.model.heads import class_probabilities
 from spikect.model.network import MultiTaskNet
 
@@ -335,17 +336,28 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
-    state: dict[str, Any] = {"epoch": -1, "history": [], "best_score": -math.inf, "bad_epochs": 0}
+    state: dict[str, Any] = {
+        "epoch": -1,
+        "history": [],
+        "best_score": -math.inf,
+        "bad_epochs": 0,
+        "ann_warmup": [],  # the ANN warm-up's per-epoch rows, when there was one
+    }
     if ckpt is not None:
         split = Split.from_dict(ckpt.meta["split"])
-        state.update({k: ckpt.meta[k] for k in state})
+        state.update({k: ckpt.meta.get(k, state[k]) for k in state})
     else:  # rank 0's split, so that a data folder that differs between nodes cannot split differently
         split = distributed.broadcast(make_splits(cfg.data) if main else None, env)
     if main:
         save_split(split, out / "split.json")
         cfg.save(out / "config.yaml")
 
-    model = MultiTaskNet(cfg.model).to(device)
+    train_loader, val_loader, sampler = make_loaders(cfg, split, env, pin_memory=device.type == "cuda")
+    if ckpt is None and cfg.train.ann_warmup_epochs > 0:
+        model, state["ann_warmup"] = _ann_warm_start(cfg, out, progress, env, device, train_loader, sampler)
+        seed_everything(cfg.train.seed)
+    else:
+        model = MultiTaskNet(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps).to(device)
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -365,7 +377,6 @@ def _train(
             find_unused_parameters=True,
         )
 
-    train_loader, val_loader, sampler = make_loaders(cfg, split, env, pin_memory=device.type == "cuda")
     heads = [h.name for h in cfg.model.heads]
     first = state["epoch"] + 1
     epochs = tqdm(
@@ -425,6 +436,45 @@ def _train(
                 tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
             break
     return out / "best.safetensors"
+
+
+def warmup_config(cfg: Config) -> Config:
+    """The ANN warm-up's run: the twin of ``cfg``, trained for ``ann_warmup_epochs`` without early stop."""
+    twin = ann_twin(cfg)
+    t = twin.train
+    t.epochs, t.lr = cfg.train.ann_warmup_epochs, cfg.train.ann_warmup_lr or cfg.train.lr
+    t.patience, t.ann_warmup_epochs = t.epochs + 1, 0
+    return twin
+
+
+def _ann_warm_start(
+    cfg: Config,
+    out: Path,
+    progress: bool,
+    env: Dist,
+    device: torch.device,
+    train_loader: DataLoader,
+    sampler: EpochSampler,
+) -> tuple[MultiTaskNet, list[dict[str, Any]]]:
+    """Train the ANN twin into ``out/ann-warmup`` (continuing it if a run stopped there), then convert its
+    last weights into the spiking network. Returns the network and the warm-up's per-epoch rows."""
+    twin = warmup_config(cfg)
+    run = out / "ann-warmup"
+    last = run / "last.safetensors"
+    # rank 0 decides whether to continue: the folder may exist on its node only
+    prior = distributed.broadcast(load_checkpoint(last) if env.is_main and last.is_file() else None, env)
+    if prior is not None and prior.config.to_yaml() != twin.to_yaml():
+        raise ValueError(
+            f"{run} holds an ANN warm-up of another config; delete that folder or train into a new --out"
+        )
+    if prior is None or prior.meta["epoch"] + 1 < twin.train.epochs:
+        _train(twin, run, prior, progress, env, device)
+    done = distributed.broadcast(load_checkpoint(last) if env.is_main else None, env)
+    seed_everything(cfg.train.seed)  # the calibration batches do not depend on the warm-up's history
+    sampler.set_epoch(0)
+    images = (b["image"] for b, _ in zip(train_loader, range(cfg.train.convert_batches), strict=False))
+    model = convert(done.model, cfg.model, images, cfg.train.convert_scale, device)
+    return model, done.meta["history"]
 
 
 def _check_replicas(objective: Objective, env: Dist) -> list[str] | None:
