@@ -112,6 +112,9 @@ def test_the_base_is_a_file_or_a_checkpoints_config(tmp_path):
     assert base == load_checkpoint("default").config.to_dict()
     cnn = method_config(spec, base, next(m for m in spec.methods if m.name == "mt-cnn"))
     assert cnn.model.widths == load_checkpoint("default").config.model.widths
+    assert cnn.model.neuron.kind == "relu" and cnn.train.ann_warmup_epochs == 0  # an ANN has no warm-up
+    snn = method_config(spec, base, next(m for m in spec.methods if m.name == "snn-lung"))
+    assert snn.train.ann_warmup_epochs == base["train"]["ann_warmup_epochs"]  # trained as ours is
 
 
 def test_prune_roots_keeps_only_the_data_a_head_learns_from():

@@ -157,6 +157,9 @@ def method_config(spec: CompareSpec, base: dict[str, Any], m: MethodSpec) -> Con
         data = merge(data, {"model": {"heads": [defined[h] for h in m.heads]}})
     if m.setup == "confounded":
         data = merge(data, CONFOUNDED_DATA)
+    if data.get("model", {}).get("neuron", {}).get("kind") == "relu":
+        # an ANN baseline is its own network: the base's ANN warm-up (a spiking option) does not apply
+        data = merge(data, {"train": {"ann_warmup_epochs": 0}})
     try:
         cfg = config_from_dict(data)
     except ConfigError as exc:
