@@ -10,7 +10,6 @@ an existing ANN checkpoint (e.g. ``spikect compare``'s baselines) without traini
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -19,7 +18,7 @@ from spikect.config import config_from_dict
 from spikect.data.splits import Split
 from spikect.losses import MultiTaskLoss
 from spikect.model.convert import convert
-from spikect.train import make_loaders, seed_everything
+from spikect.train import calibration_images, fresh_state, make_loaders
 
 
 def main() -> None:
@@ -37,14 +36,12 @@ def main() -> None:
     ann = load_checkpoint(a.ann)
     d = ann.config.to_dict()
     d["model"]["neuron"]["kind"], d["model"]["t_steps"] = "lif", a.t_steps
-    d["train"].update(epochs=a.epochs, threads=a.threads, lr=a.lr or d["train"]["lr"])
+    lr = a.lr or d["train"]["lr"]
+    d["train"].update(epochs=a.epochs, threads=a.threads, lr=lr, convert_batches=a.batches)
     cfg = config_from_dict(d)
     loader, _, sampler = make_loaders(cfg, Split.from_dict(ann.meta["split"]))
-    seed_everything(cfg.train.seed)
-    sampler.set_epoch(0)
-    images = (b["image"] for b, _ in zip(loader, range(a.batches), strict=False))
-    model = convert(ann.model, cfg.model, images, a.scale)
-    meta = {"epoch": -1, "history": [], "best_score": -math.inf, "bad_epochs": 0, "split": ann.meta["split"]}
+    model = convert(ann.model, cfg.model, calibration_images(cfg, loader, sampler), a.scale)
+    meta = {**fresh_state(), "split": ann.meta["split"]}
     save_checkpoint(a.out, model, cfg, meta, MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps))
     print(f"wrote {a.out}")
 

@@ -18,6 +18,7 @@ import csv
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,13 +337,7 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
-    state: dict[str, Any] = {
-        "epoch": -1,
-        "history": [],
-        "best_score": -math.inf,
-        "bad_epochs": 0,
-        "ann_warmup": [],  # the ANN warm-up's per-epoch rows, when there was one
-    }
+    state = fresh_state()
     if ckpt is not None:
         split = Split.from_dict(ckpt.meta["split"])
         state.update({k: ckpt.meta.get(k, state[k]) for k in state})
@@ -355,7 +350,6 @@ def _train(
     train_loader, val_loader, sampler = make_loaders(cfg, split, env, pin_memory=device.type == "cuda")
     if ckpt is None and cfg.train.ann_warmup_epochs > 0:
         model, state["ann_warmup"] = _ann_warm_start(cfg, out, progress, env, device, train_loader, sampler)
-        seed_everything(cfg.train.seed)
     else:
         model = MultiTaskNet(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps).to(device)
@@ -438,13 +432,32 @@ def _train(
     return out / "best.safetensors"
 
 
+def fresh_state() -> dict[str, Any]:
+    """The training state before the first epoch, as a checkpoint's meta carries it."""
+    return {
+        "epoch": -1,
+        "history": [],
+        "best_score": -math.inf,
+        "bad_epochs": 0,
+        "ann_warmup": [],  # the ANN warm-up's per-epoch rows, when there was one
+    }
+
+
 def warmup_config(cfg: Config) -> Config:
     """The ANN warm-up's run: the twin of ``cfg``, trained for ``ann_warmup_epochs`` without early stop."""
     twin = ann_twin(cfg)
     t = twin.train
     t.epochs, t.lr = cfg.train.ann_warmup_epochs, cfg.train.ann_warmup_lr or cfg.train.lr
-    t.patience, t.ann_warmup_epochs = t.epochs + 1, 0
+    t.patience = t.epochs + 1
     return twin
+
+
+def calibration_images(cfg: Config, loader: DataLoader, sampler: EpochSampler) -> Iterator[torch.Tensor]:
+    """The first ``train.convert_batches`` training batches of epoch 0, seeded (not dependent on what ran
+    before): the images ANN-to-SNN conversion re-estimates BatchNorm on."""
+    seed_everything(cfg.train.seed)
+    sampler.set_epoch(0)
+    return (b["image"] for b, _ in zip(loader, range(cfg.train.convert_batches), strict=False))
 
 
 def _ann_warm_start(
@@ -470,9 +483,7 @@ def _ann_warm_start(
     if prior is None or prior.meta["epoch"] + 1 < twin.train.epochs:
         _train(twin, run, prior, progress, env, device)
     done = distributed.broadcast(load_checkpoint(last) if env.is_main else None, env)
-    seed_everything(cfg.train.seed)  # the calibration batches do not depend on the warm-up's history
-    sampler.set_epoch(0)
-    images = (b["image"] for b, _ in zip(train_loader, range(cfg.train.convert_batches), strict=False))
+    images = calibration_images(cfg, train_loader, sampler)
     model = convert(done.model, cfg.model, images, cfg.train.convert_scale, device)
     return model, done.meta["history"]
 

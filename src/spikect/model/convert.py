@@ -34,11 +34,8 @@ def ann_twin(cfg: Config) -> Config:
     twin.model.neuron.kind = "relu"
     twin.model.t_steps = 1
     twin.loss.firing_rate_l2 = 0.0  # an ANN has no spikes to regularise
+    twin.train.ann_warmup_epochs = 0  # ...and is not warmed up by another ANN
     return twin
-
-
-def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.no_grad()
@@ -55,7 +52,7 @@ def convert(
         raise ValueError("convert() builds the spiking network: pass a model config with neuron.kind 'lif'")
     model = MultiTaskNet(snn).to(device)
     model.load_state_dict(ann_state)  # strict: the twin must be the same architecture
-    norms = _batch_norms(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in norms]
     for bn in norms:
         if bn.affine:
