@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from spikect.checkpoint import load_checkpoint
 from spikect.compare import (
     CONFOUNDED_DATA,
     check_held_out,
@@ -184,7 +185,12 @@ def test_tiny_compare_writes_the_report_and_every_figure(tiny_compare):
     for name in PNGS:
         assert f"]({name})" in report, name
     assert "Wall time" in report and results["hardware"]["cpu"] in report
-    assert "budgets differ" in report  # ours: 6 loaded epochs, the baselines 1 here
+    assert "budgets differ" in report  # ours: loaded epochs, the baselines 1 here
+    ours, meta = results["methods"][0], load_checkpoint("default").meta
+    warm = meta["ann_warmup"]  # the shipped model's ANN warm-up: its epochs and time count as training
+    assert ours["warmup_epochs"] == len(warm) > 0 and f"+ {len(warm)} ANN warm-up" in report
+    spiking_s = sum(r["seconds"] for r in meta["history"])
+    assert ours["train_s"] == pytest.approx(spiking_s + sum(r["seconds"] for r in warm))
     assert json.loads((out / "results.json").read_text())["test"] == results["test"]
 
 

@@ -179,6 +179,21 @@ def test_max_per_split_and_build_dataset(real: DataConfig) -> None:
         build_dataset(cfg, split, "dev", 64)
 
 
+def test_cls_augment_replaces_augment_for_the_cls_roots_only(real: DataConfig) -> None:
+    cfg = dataclasses.replace(real, max_per_split=2)
+    split = make_splits(cfg)
+    same = build_dataset(cfg, split, "train", 64, augment=True)
+    assert [d.augment.cfg for d in same.datasets] == [cfg.augment, cfg.augment]
+    mild = dataclasses.replace(cfg.augment, gamma=(0.9, 1.1), clahe=0.0)
+    both = build_dataset(dataclasses.replace(cfg, cls_augment=mild), split, "train", 64, augment=True)
+    by_layout = {d.layout: d.augment for d in both.datasets}
+    assert by_layout["seg"].cfg == cfg.augment and by_layout["cls"].cfg == mild
+    off = dataclasses.replace(cfg.augment, enabled=False)
+    no_cls = build_dataset(dataclasses.replace(cfg, cls_augment=off), split, "train", 64, augment=True)
+    assert {d.layout: d.augment is None for d in no_cls.datasets} == {"seg": False, "cls": True}
+    assert all(d.augment is None for d in build_dataset(cfg, split, "val", 64).datasets)
+
+
 def test_sampler_on_real_labels_without_decoding(real: DataConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     split = make_splits(real)
     train = build_dataset(real, split, "train", 256)

@@ -190,7 +190,10 @@ def test_patient_rule_top_k_over_lung_slices() -> None:
     neg = classify_patient(np.array([0.6, 0.2, 0.2, 0.2]), np.full(4, 50))
     assert neg.label == "negative" and neg.positive_slices == 1  # one odd slice does not decide
     tie = classify_patient(np.full(3, 0.5), np.full(3, 10))
-    assert tie.label == "negative"  # strictly above 0.5
+    assert tie.label == "indeterminate"  # a silent head on every top-k slice is no answer, not "negative"
+    assert classify_patient(np.array([0.5, 0.5, 0.5, 0.1]), np.full(4, 10)).label == "indeterminate"
+    weak = classify_patient(np.array([0.5, 0.5, 0.49, 0.1]), np.full(4, 10))
+    assert weak.top_k == 3 and weak.label == "negative"  # one top-k slice with evidence decides
     nolung = classify_patient(np.array([0.9, 0.1]), np.zeros(2))
     assert not nolung.lung_slices.any() and nolung.top_k == 2 and nolung.probability == pytest.approx(0.5)
 
@@ -317,7 +320,7 @@ def test_report_schema(
     assert r["input"] == str(phantom_nifti["ct"]) and r["input_kind"] == "hu" and r["input_format"] == "nifti"
     assert r["n_slices"] == SMALL[0] and r["shape_zyx"] == list(SMALL) and r["spacing_physical"] is True
     c = r["classification"]
-    assert c["label"] in ("positive", "negative") and isinstance(c["probability"], float)
+    assert c["label"] in ("positive", "negative", "indeterminate") and isinstance(c["probability"], float)
     assert 0.0 <= c["probability"] <= 1.0 and isinstance(c["positive_slices"], int)
     for key in ("lung_volume_ml", "infection_volume_ml", "infection_percent"):
         assert isinstance(r[key], float) and r[key] >= 0

@@ -260,15 +260,23 @@ def pick_cls_examples(sets: list[TestSet], n: int) -> list[tuple[TestSet, int]]:
     return out
 
 
-def _history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-epoch rows: the run's log.csv when there is one, else the checkpoint's own history."""
+def _read_log(log: Path) -> list[dict[str, Any]]:
     import csv
 
+    with log.open(newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-epoch rows: the run's log.csv when there is one, else the checkpoint's own history."""
     log = ckpt_path.parent / "log.csv"
-    if log.is_file():
-        with log.open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return list(meta.get("history", []))
+    return _read_log(log) if log.is_file() else list(meta.get("history", []))
+
+
+def _warmup_history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ANN warm-up's per-epoch rows (train.ann_warmup_epochs), [] without one: its time counts too."""
+    log = ckpt_path.parent / "ann-warmup" / "log.csv"
+    return _read_log(log) if log.is_file() else list(meta.get("ann_warmup", []))
 
 
 def _number(v: str) -> float | None:
@@ -441,7 +449,7 @@ def run_compare(config: str | Path, out: str | Path, progress: bool = True) -> d
         model, ckpt = load_model(path, device)
         assert isinstance(model, MultiTaskNet)
         shared = check_held_out(m.name, ckpt.meta.get("split"), split)
-        history = _history(path, ckpt.meta)
+        history, warmup = _history(path, ckpt.meta), _warmup_history(path, ckpt.meta)
         start = time.time()
         figures, kept[m.name] = evaluate_method(model, sets, masks, spec.batch_size, device, keep, energy_ids)
         methods.append(
@@ -455,8 +463,9 @@ def run_compare(config: str | Path, out: str | Path, progress: bool = True) -> d
                 **_describe(ckpt.config),
                 "params": sum(p.numel() for p in model.parameters()),
                 "epochs": len(history),
+                "warmup_epochs": len(warmup),
                 "best_epoch": ckpt.meta.get("epoch"),
-                "train_s": float(sum(r.get("seconds") or 0.0 for r in history)),
+                "train_s": float(sum(r.get("seconds") or 0.0 for r in history + warmup)),
                 "this_run_train_s": trained_s if m.weights is None else 0.0,
                 "eval_s": time.time() - start,
                 "history": history,

@@ -278,19 +278,31 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
+def _budget(m: dict[str, Any]) -> tuple[int, int]:
+    """(epochs, ANN warm-up epochs before them) of a method; results of older runs have no warm-up key."""
+    return m["epochs"], m.get("warmup_epochs", 0)
+
+
+def _budget_text(budget: tuple[int, int], cell: bool = False) -> str:
+    epochs, warmup = budget
+    text = str(epochs) if cell else _epochs(epochs)
+    return f"{text} + {warmup} ANN warm-up" if warmup else text
+
+
 def _budget_note(methods: list[dict[str, Any]]) -> str:
-    epochs = {m["name"]: m["epochs"] for m in methods}
-    if len(set(epochs.values())) <= 1:
-        return f"Every method was trained for {_epochs(next(iter(epochs.values())))}."
-    groups: dict[int, list[str]] = {}
-    for name, e in epochs.items():
-        groups.setdefault(e, []).append(name)
-    parts = [f"{_epochs(e)}: {', '.join(names)}" for e, names in sorted(groups.items(), reverse=True)]
+    budgets = {m["name"]: _budget(m) for m in methods}
+    if len(set(budgets.values())) <= 1:
+        return f"Every method was trained for {_budget_text(next(iter(budgets.values())))}."
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, b in budgets.items():
+        groups.setdefault(b, []).append(name)
+    parts = [f"{_budget_text(b)}: {', '.join(names)}" for b, names in sorted(groups.items(), reverse=True)]
     return (
         "**The training budgets differ**, so the methods with fewer epochs are at a disadvantage: "
         + "; ".join(parts)
-        + ". Epoch counts are whole passes over the method's training slices; see the methods table for "
-        "the training time each took."
+        + ". Epoch counts are whole passes over the method's training slices (an ANN warm-up trains the "
+        "network's ReLU twin before the spiking epochs); see the methods table for the training time each "
+        "took, warm-up included."
     )
 
 
@@ -303,7 +315,7 @@ def _methods_table(methods: list[dict[str, Any]]) -> str:
             ", ".join(m["heads"]),
             m["setup"],
             m["source"],
-            m["epochs"],
+            _budget_text(_budget(m), cell=True),
             _duration(m["train_s"]) if m["train_s"] else "n/a",
             f"{m['params'] / 1e6:.2f} M",
         ]

@@ -137,6 +137,11 @@ class DataConfig:
     negative_fraction: float = 0.2  # per-epoch share of negatives drawn (patent: 20%)
     max_per_split: int | None = None  # cap per split and dataset, for tiny test configs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Augmentation of the classification roots' slices (None: `augment`). The COVID / non-COVID cue in the
+    # same-source set is largely lung brightness and texture, which strong intensity changes erase: with
+    # gamma 0.5-2, CLAHE and brightness on, even the ANN twin does not fit the training slices
+    # (docs/experiments.md, "Intensity augmentation and the classifier").
+    cls_augment: AugmentConfig | None = None
 
 
 @dataclass

@@ -17,7 +17,9 @@ rates). Only slices that contain lung count: those whose cleaned lung area is at
 largest slice's (the lung apex and base, and slices without lung, are out of the classifier's
 domain). With n such slices, k = min(n, max(3, ceil(0.1 n))); the patient probability is the mean of
 the k highest slice probabilities, and the scan is "positive" when it is > 0.5 (strictly, as in
-:mod:`spikect.metrics`). Top-k rather than the mean: COVID pneumonia is often focal, most slices of a
+:mod:`spikect.metrics`), "indeterminate" when the cls head gave no evidence on any of those k slices
+(equal output rates, in practice a silent output layer: p = 0.50 there is no answer, not "negative"),
+and "negative" otherwise. Top-k rather than the mean: COVID pneumonia is often focal, most slices of a
 positive scan look normal; k > 1 so that one odd slice cannot decide. ``positive_slices`` counts the
 lung slices with probability > 0.5. Without any lung slice every slice counts, with a warning.
 
@@ -121,7 +123,7 @@ class Diagnosis:
     left_lung: np.ndarray = field(repr=False)
     slice_probabilities: np.ndarray  # float [z]: P(COVID) of each slice from the cls head
     lung_slices: np.ndarray  # bool [z]: the slices the patient-level rule used
-    label: str  # "positive" | "negative"
+    label: str  # "positive" | "negative" | "indeterminate" (no classifier evidence on the top-k slices)
     probability: float  # mean of the top-k slice probabilities
     positive_slices: int  # lung slices with probability > 0.5
     top_k: int
@@ -163,7 +165,7 @@ def _heads(ckpt: Checkpoint) -> _Heads:
 
 @dataclass(frozen=True)
 class PatientClass:
-    label: str  # "positive" | "negative"
+    label: str  # "positive" | "negative" | "indeterminate"
     probability: float
     positive_slices: int
     top_k: int
@@ -184,9 +186,14 @@ def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> 
     lung_slices = (area > 0) & (area >= LUNG_SLICE_FRACTION * area.max())
     used = _rule_slices(probs, lung_slices)
     k = min(used.size, max(TOP_K_MIN, math.ceil(TOP_K_FRACTION * used.size)))
-    probability = float(np.sort(used)[::-1][:k].mean())
+    top = np.sort(used)[::-1][:k]
+    probability = float(top.mean())
+    if _tied(top).all():
+        label = "indeterminate"
+    else:
+        label = "positive" if probability > POSITIVE_THRESHOLD else "negative"
     return PatientClass(
-        label="positive" if probability > POSITIVE_THRESHOLD else "negative",
+        label=label,
         probability=probability,
         positive_slices=int((used > POSITIVE_THRESHOLD).sum()),
         top_k=int(k),
@@ -194,11 +201,16 @@ def classify_patient(slice_probabilities: np.ndarray, lung_area: np.ndarray) -> 
     )
 
 
+def _tied(probs: np.ndarray) -> np.ndarray:
+    """Slices where the two classes' output rates were equal (p = 0.5 exactly, up to float error)."""
+    return np.isclose(probs, 0.5, rtol=0.0, atol=1e-6)
+
+
 def classifier_silence(slice_probabilities: np.ndarray, lung_slices: np.ndarray) -> str | None:
     """A warning when the cls head gave no evidence (equal output rates, in practice both silent) on at
     least half the slices the patient-level rule used: p = 0.50 there is "no evidence", not "negative"."""
     used = _rule_slices(np.asarray(slice_probabilities), np.asarray(lung_slices))
-    tied = int(np.isclose(used, 0.5, rtol=0.0, atol=1e-6).sum())
+    tied = int(_tied(used).sum())
     if used.size == 0 or 2 * tied < used.size:
         return None
     return (

@@ -278,7 +278,7 @@ def make_loaders(
     """Training loader over this rank's shard of each epoch's list; validation loader over its share
     ``[rank::world_size]`` of the validation set (unpadded, so merged scores count every slice once)."""
     size = cfg.model.image_size
-    train_set = build_dataset(cfg.data, split, "train", size, augment=cfg.data.augment.enabled)
+    train_set = build_dataset(cfg.data, split, "train", size, augment=True)
     val_set = build_dataset(cfg.data, split, "val", size, augment=False)
     if len(train_set) == 0:
         raise ValueError("the training split is empty: check data roots and split fractions in the config")

@@ -85,7 +85,7 @@ class StudySummary(BaseModel):
     stage: str = Field(description="what the worker is doing now")
     progress: float = Field(description="0..1")
     queue_position: int | None = Field(description="1 = runs next; null unless queued")
-    label: str | None = Field(description="classification: positive | negative")
+    label: str | None = Field(description="classification: positive | negative | indeterminate")
     probability: float | None
     severity: str | None = Field(description="MosMed grade CT-0 .. CT-4")
     infection_percent: float | None

@@ -55,11 +55,16 @@ def build_dataset(
     """The ``part`` ("train" | "val" | "test") of every root in ``split``, one ConcatSlices.
 
     The roots come from the split (resolved against ``base``); ``cfg`` supplies mask names, labels rules
-    and augmentation (applied only if ``augment`` and ``cfg.augment.enabled``). Cheap: no pixel is read.
+    and augmentation (applied only if ``augment``; ``cfg.cls_augment``, where set, replaces ``cfg.augment``
+    for the classification roots). Cheap: no pixel is read.
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    augmenter = Augmenter(cfg.augment) if augment and cfg.augment.enabled else None
+
+    def augmenter_for(layout: str) -> Augmenter | None:
+        a = cfg.cls_augment if layout == "cls" and cfg.cls_augment is not None else cfg.augment
+        return Augmenter(a) if augment and a.enabled else None
+
     datasets = []
     for d in split.datasets:
         root = resolve_root(d.root, base)
@@ -71,7 +76,9 @@ def build_dataset(
                 f"{d.root}: {len(missing)} id(s) of the split's {part} part are not in the data "
                 f"(e.g. {missing[:3]}); the data changed since the split was made"
             )
-        datasets.append(SliceDataset(root, records, image_size, list(cfg.mask_dirs), d.layout, augmenter))
+        datasets.append(
+            SliceDataset(root, records, image_size, list(cfg.mask_dirs), d.layout, augmenter_for(d.layout))
+        )
     if not datasets:
         raise ValueError("the split lists no dataset roots")
     return ConcatSlices(datasets)

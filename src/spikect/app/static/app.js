@@ -181,7 +181,7 @@
 
   function studyResult(s) {
     if (s.status === "done") {
-      return `${s.label === "positive" ? "positive" : "negative"} · ${s.severity} · ${fmtPct(s.infection_percent)}`;
+      return `${s.label} · ${s.severity} · ${fmtPct(s.infection_percent)}`;
     }
     if (s.status === "running") return `running · ${Math.round(100 * s.progress)} %`;
     if (s.status === "queued") return s.queue_position ? `queued · #${s.queue_position}` : "queued";
@@ -385,20 +385,25 @@
     $("study-meta").textContent = `${fmtDate(d.created)} · ${FORMATS[r.input_format] || r.input_format} · ${dims} · ${nf(1).format(r.runtime_s)} s`;
 
     const positive = c.label === "positive";
+    const known = ["positive", "negative", "indeterminate"].includes(c.label) ? c.label : "indeterminate";
     const label = $("class-label");
-    label.className = `class-label ${positive ? "positive" : "negative"}`;
+    label.className = `class-label ${known}`;
     label.replaceChildren(
       el("span", { text: `COVID-19 ${c.label}` }),
       el("span", { class: "prob", text: `p = ${nf(2).format(c.probability)}` }),
     );
     $("prob-fill").style.width = `${100 * c.probability}%`;
-    $("prob-fill").className = `pfill ${positive ? "positive" : "negative"}`;
+    $("prob-fill").className = `pfill ${known}`;
     const lungSlices = c.lung_slices || r.n_slices;
     let detail = r.n_slices > 1
       ? `Mean of the ${c.top_k} most suspicious of ${lungSlices} lung slices; ${c.positive_slices} above 0.5.`
       : "Probability of the slice from the classifier; positive above 0.5.";
-    const disagree = (positive && r.severity === "CT-0") || (!positive && r.infection_percent > 0);
-    if (disagree) detail += " The classifier and the infection map disagree: review the slices.";
+    const disagree = (positive && r.severity === "CT-0") || (c.label === "negative" && r.infection_percent > 0);
+    if (c.label === "indeterminate") {
+      detail += " The classifier gave no evidence on these slices (silent output): read the infection map.";
+    } else if (disagree) {
+      detail += " The classifier and the infection map disagree: review the slices.";
+    }
     $("class-detail").textContent = detail;
 
     const vol = fmtVolume(r, physical);
