@@ -260,23 +260,15 @@ def pick_cls_examples(sets: list[TestSet], n: int) -> list[tuple[TestSet, int]]:
     return out
 
 
-def _read_log(log: Path) -> list[dict[str, Any]]:
-    import csv
-
-    with log.open(newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def _history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-epoch rows: the run's log.csv when there is one, else the checkpoint's own history."""
+    import csv
+
     log = ckpt_path.parent / "log.csv"
-    return _read_log(log) if log.is_file() else list(meta.get("history", []))
-
-
-def _warmup_history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ANN warm-up's per-epoch rows (train.ann_warmup_epochs), [] without one: its time counts too."""
-    log = ckpt_path.parent / "ann-warmup" / "log.csv"
-    return _read_log(log) if log.is_file() else list(meta.get("ann_warmup", []))
+    if log.is_file():
+        with log.open(newline="") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return list(meta.get("history", []))
 
 
 def _number(v: str) -> float | None:
@@ -449,7 +441,8 @@ def run_compare(config: str | Path, out: str | Path, progress: bool = True) -> d
         model, ckpt = load_model(path, device)
         assert isinstance(model, MultiTaskNet)
         shared = check_held_out(m.name, ckpt.meta.get("split"), split)
-        history, warmup = _history(path, ckpt.meta), _warmup_history(path, ckpt.meta)
+        history = _history(path, ckpt.meta)
+        warmup = ckpt.meta.get("ann_warmup", [])  # every warm-up epoch (no early stop): its time counts too
         start = time.time()
         figures, kept[m.name] = evaluate_method(model, sets, masks, spec.batch_size, device, keep, energy_ids)
         methods.append(

@@ -385,15 +385,14 @@
     $("study-meta").textContent = `${fmtDate(d.created)} · ${FORMATS[r.input_format] || r.input_format} · ${dims} · ${nf(1).format(r.runtime_s)} s`;
 
     const positive = c.label === "positive";
-    const known = ["positive", "negative", "indeterminate"].includes(c.label) ? c.label : "indeterminate";
     const label = $("class-label");
-    label.className = `class-label ${known}`;
+    label.className = `class-label ${c.label}`;
     label.replaceChildren(
       el("span", { text: `COVID-19 ${c.label}` }),
       el("span", { class: "prob", text: `p = ${nf(2).format(c.probability)}` }),
     );
     $("prob-fill").style.width = `${100 * c.probability}%`;
-    $("prob-fill").className = `pfill ${known}`;
+    $("prob-fill").className = `pfill ${c.label}`;
     const lungSlices = c.lung_slices || r.n_slices;
     let detail = r.n_slices > 1
       ? `Mean of the ${c.top_k} most suspicious of ${lungSlices} lung slices; ${c.positive_slices} above 0.5.`
