@@ -96,3 +96,14 @@ def test_an_unknown_rate_loss_or_head_t_is_refused():
         data = {"model": {"heads": [{"name": "cls", "type": "cls", **head}]}}
         with pytest.raises(ConfigError, match=match):
             config_from_dict(data)
+
+
+def test_seg_consistency_is_zero_for_equal_outputs_and_grows_with_the_difference():
+    from spikect.losses import seg_consistency
+
+    heads = [*HEADS, HeadConfig(name="inf", type="seg")]
+    a = {"cls": torch.zeros(2, 4), "lung": torch.zeros(2, 1, 3, 3), "inf": torch.zeros(2, 1, 3, 3)}
+    assert float(seg_consistency(a, a, heads)) == 0.0
+    b = {**a, "lung": torch.full((2, 1, 3, 3), 100.0), "cls": torch.ones(2, 4)}  # lung: p 0.5 -> 1
+    # lung differs by 0.5 everywhere, inf not at all; the cls output is not compared
+    assert math.isclose(float(seg_consistency(a, b, heads)), (0.25 + 0.0) / 2, rel_tol=1e-6)

@@ -2,8 +2,10 @@
 
 import csv
 import json
+import math
 
 import pytest
+import torch
 
 from spikect.cli import main
 from spikect.config import load_config
@@ -152,3 +154,84 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     pickle.write_bytes(b"\x80\x04\x95" + b"\0" * 20)
     assert main(["evaluate", str(shared("sarscov2-ct")), "--weights", str(pickle)]) == 2
     assert "pickle" in capsys.readouterr().err
+
+
+def test_init_loads_the_tensors_whose_name_and_shape_match(tiny_cfg, tiny_run):
+    import copy
+
+    from spikect.checkpoint import load_checkpoint
+    from spikect.config import HeadConfig
+    from spikect.model.network import MultiTaskNet
+    from spikect.train import init_from
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.model.widths = [4, 8, 16]  # the deepest level (and what reads it) changes shape
+    model = MultiTaskNet(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = load_checkpoint(tiny_run / "best.safetensors").model
+    loaded = init_from(model, tiny_run / "best.safetensors", show=False)
+    after = model.state_dict()
+    assert "encoder.levels.0.0.op.weight" in loaded
+    for k in after:
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k in loaded:
+            assert torch.equal(after[k], src[k]), k
+        else:  # not in the source, or of another shape: left as initialised
+            assert torch.equal(after[k], before[k]), k
+    assert any(k in src and src[k].shape != after[k].shape for k in after)  # some were skipped
+    other = copy.deepcopy(cfg)
+    other.model.heads = [HeadConfig(name="other", type="seg")]
+    other.model.widths = [3, 5, 7]
+    with pytest.raises(ValueError, match="shares no tensor"):
+        init_from(MultiTaskNet(other.model), tiny_run / "best.safetensors", show=False)
+
+
+def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
+    from spikect.bench import random_batch
+    from spikect.losses import MultiTaskLoss
+    from spikect.model.network import MultiTaskNet
+    from spikect.train import Objective
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg
+    model = MultiTaskNet(cfg.model)
+    loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps)
+    batch = random_batch(cfg, 4)
+    plain = Objective(model, loss_fn).train()
+    torch.manual_seed(1)
+    base, parts, _ = plain(batch)
+    assert "consistency" not in parts
+    checked = Objective(model, loss_fn, consistency=3.0, consistency_gamma=(0.5, 0.5)).train()
+    torch.manual_seed(1)
+    total, parts, _ = checked(batch)
+    term = float(parts["consistency"].detach())
+    assert term > 0  # a darker copy changes what the untrained net outputs
+    # the term is the weighted difference (BatchNorm in training mode: the first pass is unchanged)
+    assert math.isclose(float(total.detach()), float(base.detach()) + 3.0 * term, rel_tol=1e-5)
+    total.backward()
+    assert model.encoder.levels[0][0].op.weight.grad is not None
+    # one segmentation slice in the batch: no second pass (BatchNorm cannot take a batch of one)
+    one = dict(batch)
+    for h in cfg.model.heads:
+        if h.type == "seg":
+            one[f"has_{h.mask}"] = torch.tensor([True, False, False, False])
+    assert "consistency" not in checked(one)[1]
+    checked.eval()
+    with torch.no_grad():
+        assert "consistency" not in checked(batch)[1]
+    # the same contrast (g = 1) gives the same output; upside down, this untrained net answers differently
+    same = Objective(model, loss_fn, consistency=1.0, consistency_gamma=(1.0, 1.0)).train()
+    assert float(same(batch)[1]["consistency"].detach()) < 1e-10
+    upside = Objective(model, loss_fn, consistency=1.0, consistency_gamma=(1.0, 1.0), consistency_vflip=1.0)
+    assert float(upside.train()(batch)[1]["consistency"].detach()) > 1e-6
+    # a model without seg heads (a cls-only baseline inheriting the default config) has nothing to compare
+    import copy
+
+    cls_only = copy.deepcopy(cfg)
+    cls_only.model.heads = [h for h in cfg.model.heads if h.type == "cls"]
+    cls_only.loss.consistency = 10.0
+    net = MultiTaskNet(cls_only.model)
+    objective = Objective.from_config(net, MultiTaskLoss(cls_only.model.heads, cls_only.loss, 2), cls_only)
+    assert objective.consistency == 10.0
+    assert "consistency" not in objective.train()(batch)[1]

@@ -245,7 +245,7 @@ def measure_epoch(
     loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps)
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    objective = Objective(model, loss_fn, cfg.loss.firing_rate_l2)
+    objective = Objective.from_config(model, loss_fn, cfg)  # with every loss term the config trains
     device = torch.device("cpu")
     n_train, n_val = len(train_loader), len(val_loader)
 

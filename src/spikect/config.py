@@ -99,6 +99,14 @@ class LossConfig:
     focal_alpha: float | None = None
     dice: bool = True  # add monai's Dice loss to the focal loss of every seg head
     firing_rate_l2: float = 0.0  # optional penalty on mean firing rate (energy trade-off)
+    # Contrast consistency (AugMix-style): each training batch's segmentation slices run a second time
+    # with their display contrast changed (intensity ** g, g log-uniform in consistency_gamma), and this
+    # weight x the mean squared difference of the seg heads' probabilities between the two passes joins the
+    # loss. Augmentation shows the model many contrasts; this asks for the same answer under all of them.
+    # Costs a second forward and backward of those slices.
+    consistency: float = 0.0
+    consistency_gamma: tuple[float, float] = (0.67, 1.5)
+    consistency_vflip: float = 0.0  # probability that the second pass also sees the slice upside down
 
 
 @dataclass
@@ -165,6 +173,10 @@ class TrainConfig:
     ann_warmup_lr: float | None = None  # None: train.lr
     convert_scale: float = 2.0  # BatchNorm affine x this at conversion (why: model/convert.py)
     convert_batches: int = 40  # training batches that re-estimate BatchNorm statistics in spiking mode
+    # Start from these weights (a path or 'default'): every tensor whose name and shape match is loaded, the
+    # rest stays freshly initialised, e.g. the encoder and cls head of a cls-only run. With a warm start the
+    # twin starts from them. Ignored by --resume, which restores everything.
+    init: str | None = None
 
 
 @dataclass
@@ -298,5 +310,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.ann_warmup_epochs warms up a spiking net: model.neuron.kind must be 'lif'")
     if cfg.train.amp not in ("auto", "bf16", "none"):
         raise ConfigError(f"train.amp must be 'auto', 'bf16' or 'none', got {cfg.train.amp!r}")
+    lo, hi = cfg.loss.consistency_gamma
+    if cfg.loss.consistency < 0 or not 0 < lo <= hi or not 0 <= cfg.loss.consistency_vflip <= 1:
+        raise ConfigError(
+            "loss: need consistency >= 0, 0 < consistency_gamma[0] <= consistency_gamma[1] "
+            "and consistency_vflip in [0, 1]"
+        )
     if cfg.loss.weighting not in ("fixed", "uncertainty"):
         raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', got {cfg.loss.weighting!r}")

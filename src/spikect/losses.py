@@ -67,6 +67,18 @@ class SegLoss(nn.Module):
         return loss
 
 
+def seg_consistency(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], heads: list[HeadConfig]
+) -> torch.Tensor:
+    """Mean squared difference of every seg head's probabilities between two passes over the same slices
+    (outputs ``a`` and ``b``: logits by head name), averaged over the seg heads."""
+    seg = [h.name for h in heads if h.type == "seg"]
+    if not seg:
+        raise ValueError("seg_consistency needs at least one seg head")
+    diffs = [(torch.sigmoid(a[n]) - torch.sigmoid(b[n])).pow(2).mean() for n in seg]
+    return torch.stack(diffs).mean()
+
+
 class MultiTaskLoss(nn.Module):
     def __init__(self, heads: list[HeadConfig], cfg: LossConfig, t_steps: int = 4) -> None:
         super().__init__()

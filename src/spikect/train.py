@@ -37,7 +37,7 @@ from spikect.data import build_dataset
 from spikect.data.sampler import EpochSampler
 from spikect.data.splits import Split, make_splits, save_split
 from spikect.distributed import SINGLE, Dist
-from spikect.losses import MultiTaskLoss
+from spikect.losses import MultiTaskLoss, seg_consistency
 from spikect.metrics import VolumeOverlap, classification_metrics
 from spikect.model.convert import ann_twin, convert
 from spikect.model.heads import class_probabilities
@@ -88,26 +88,78 @@ class Objective(nn.Module):
         loss_fn: MultiTaskLoss,
         firing_rate_l2: float = 0.0,
         amp: torch.dtype | None = None,
+        consistency: float = 0.0,
+        consistency_gamma: tuple[float, float] = (0.67, 1.5),
+        consistency_vflip: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.firing_rate_l2 = firing_rate_l2
         self.amp = amp
+        self.consistency = consistency
+        self.consistency_gamma = consistency_gamma
+        self.consistency_vflip = consistency_vflip
+
+    @classmethod
+    def from_config(
+        cls, model: MultiTaskNet, loss_fn: MultiTaskLoss, cfg: Config, amp: torch.dtype | None = None
+    ) -> Objective:
+        """The objective ``spikect train`` optimises for ``cfg`` (its loss terms beyond the heads' own)."""
+        c = cfg.loss
+        gamma, vflip = c.consistency_gamma, c.consistency_vflip
+        return cls(model, loss_fn, c.firing_rate_l2, amp, c.consistency, gamma, vflip)
+
+    def _run(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.amp is None:
+            return self.model(image)
+        with torch.autocast(image.device.type, dtype=self.amp):  # untested here (no GPU)
+            out = self.model(image)
+        return {k: v.float() for k, v in out.items()}  # bf16 network, float32 losses
+
+    def _consistency(
+        self,
+        image: torch.Tensor,
+        out: dict[str, torch.Tensor],
+        batch: dict[str, Any],
+        parts: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """The weighted consistency term: contrast, and orientation with ``consistency_vflip``.
+
+        The second pass runs on the batch's segmentation slices only (the ones whose seg output is
+        trained); with fewer than 2 of them, or no seg head, the term is 0 (BatchNorm cannot normalise a
+        batch of one).
+        """
+        seg = [h for h in self.loss_fn.heads if h.type == "seg"]
+        if not seg:  # e.g. a cls-only baseline of `spikect compare` inheriting the default config
+            return image.sum() * 0.0
+        keep = torch.stack([batch[f"has_{h.mask}"].bool() for h in seg]).any(0)
+        n = int(keep.sum())
+        if n < 2:
+            return image.sum() * 0.0
+        lo, hi = (math.log(g) for g in self.consistency_gamma)
+        g = torch.empty(n, 1, 1, 1, device=image.device).uniform_(lo, hi).exp()
+        view = image[keep].clamp(0.0, 1.0).pow(g)
+        if self.consistency_vflip > 0:  # drawn only when on: the random stream of a run without stays put
+            # some slices also upside down; their outputs are flipped back before the comparison
+            flip = (torch.rand(n, device=image.device) < self.consistency_vflip).view(n, 1, 1, 1)
+            other = self._run(torch.where(flip, view.flip(-2), view))
+            other = {h.name: torch.where(flip, other[h.name].flip(-2), other[h.name]) for h in seg}
+        else:
+            other = self._run(view)
+        parts["consistency"] = seg_consistency({h.name: out[h.name][keep] for h in seg}, other, seg)
+        return self.consistency * parts["consistency"]
 
     def forward(
         self, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """→ (total loss, per-head losses, network outputs)."""
+        """→ (total loss, per-head losses (and "consistency" when on), network outputs)."""
         image = batch["image"]
-        if self.amp is None:
-            out = self.model(image)
-        else:  # untested here (no GPU): bf16 network, float32 losses
-            with torch.autocast(image.device.type, dtype=self.amp):
-                out = self.model(image)
-            out = {k: v.float() for k, v in out.items()}
+        out = self._run(image)
         total, parts = self.loss_fn(out, batch)
         if self.training:
+            if self.consistency > 0:
+                total = total + self._consistency(image, out, batch, parts)
             if self.firing_rate_l2 > 0:
                 total = total + self.firing_rate_l2 * self.model.mean_rate() ** 2
             # DDP looks for unused parameters from the returned tensors: a head left out of the loss
@@ -352,6 +404,8 @@ def _train(
         model, state["ann_warmup"] = _ann_warm_start(cfg, out, progress, env, device, train_loader, sampler)
     else:
         model = MultiTaskNet(cfg.model).to(device)
+        if ckpt is None and cfg.train.init:
+            init_from(model, cfg.train.init, show)
     loss_fn = MultiTaskLoss(cfg.model.heads, cfg.loss, cfg.model.t_steps).to(device)
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -360,7 +414,7 @@ def _train(
         loss_fn.load_state_dict(ckpt.loss)
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
-    objective = Objective(model, loss_fn, cfg.loss.firing_rate_l2, amp_dtype(cfg.train.amp, device))
+    objective = Objective.from_config(model, loss_fn, cfg, amp_dtype(cfg.train.amp, device))
     ddp = None
     if env.enabled:
         # find_unused_parameters: a seg head whose mask no sample of a rank's batch has gets no gradient
@@ -430,6 +484,24 @@ def _train(
                 tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
             break
     return out / "best.safetensors"
+
+
+def init_from(model: MultiTaskNet, weights: str | Path, show: bool = True) -> list[str]:
+    """Load every tensor of ``weights`` whose name and shape match ``model``'s; return the names loaded."""
+    own = model.state_dict()
+    src = load_checkpoint(weights).model
+    # BatchNorm's step counters match any model: they are not what "shares a tensor" means
+    keep = {
+        k: v
+        for k, v in src.items()
+        if k in own and own[k].shape == v.shape and not k.endswith("num_batches_tracked")
+    }
+    if not keep:
+        raise ValueError(f"train.init: {weights} shares no tensor (name and shape) with this model")
+    model.load_state_dict(keep, strict=False)
+    if show:
+        tqdm.write(f"train.init: {len(keep)} of {len(own)} tensors from {weights}")
+    return sorted(keep)
 
 
 def fresh_state() -> dict[str, Any]:
