@@ -131,12 +131,11 @@ class Objective(nn.Module):
         batch of one).
         """
         seg = [h for h in self.loss_fn.heads if h.type == "seg"]
-        if not seg:  # e.g. a cls-only baseline of `spikect compare` inheriting the default config
-            return image.sum() * 0.0
-        keep = torch.stack([batch[f"has_{h.mask}"].bool() for h in seg]).any(0)
-        n = int(keep.sum())
+        # no seg head: e.g. a cls-only baseline of `spikect compare` inheriting the default config
+        keep = torch.stack([batch[f"has_{h.mask}"].bool() for h in seg]).any(0) if seg else None
+        n = int(keep.sum()) if keep is not None else 0
         if n < 2:
-            return image.sum() * 0.0
+            return image.new_zeros(())
         lo, hi = (math.log(g) for g in self.consistency_gamma)
         g = torch.empty(n, 1, 1, 1, device=image.device).uniform_(lo, hi).exp()
         view = image[keep].clamp(0.0, 1.0).pow(g)
