@@ -109,6 +109,38 @@ def test_cls_head_can_read_every_level_and_the_gradient_reaches_the_skips():
     assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
 
 
+def test_cls_branch_owns_the_deep_levels_so_seg_gradients_leave_it_alone():
+    heads = [HeadConfig(name="cls", type="cls", branch_from=0), HeadConfig(name="lung", type="seg")]
+    net = _net(heads=heads)
+    widths = tiny_model_config().widths
+    branch = net.heads["cls"].branch
+    assert [lvl[0].op.out_channels for lvl in branch.levels] == widths[1:]
+    assert branch.levels[0][0].op.in_channels == widths[0]
+    out = net(torch.rand(4, 1, 32, 32))
+    out["lung"].sum().backward()
+    # the seg loss reaches the shared levels but none of the branch's parameters
+    assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.heads["cls"].parameters())
+    net.zero_grad(set_to_none=True)
+    net(torch.rand(4, 1, 32, 32))["cls"].sum().backward()
+    # the cls loss trains its branch and the shared level it reads, not the shared deep levels
+    assert branch.levels[0][0].op.weight.grad.abs().sum() > 0
+    assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
+    assert net.encoder.levels[-1][0].op.weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [HeadConfig(name="lung", type="seg", branch_from=0), HeadConfig(name="cls", type="cls", branch_from=2)],
+)
+def test_cls_branch_must_fork_from_an_encoder_level(bad):
+    from spikect.config import Config, ConfigError, validate
+
+    cfg = Config(model=tiny_model_config(heads=[bad]))
+    with pytest.raises(ConfigError, match="branch_from"):
+        validate(cfg)
+
+
 def test_cls_head_runs_its_own_time_steps_and_an_ann_stays_at_one():
     heads = [HeadConfig(name="cls", type="cls", t_steps=16)]
     net = _net(heads=heads)

@@ -203,8 +203,12 @@ def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
     base, parts, _ = plain(batch)
     assert "consistency" not in parts
     checked = Objective(model, loss_fn, consistency=3.0, consistency_gamma=(0.5, 0.5)).train()
+    cls_calls = []
+    hook = model.heads["cls"].register_forward_hook(lambda *_: cls_calls.append(1))
     torch.manual_seed(1)
     total, parts, _ = checked(batch)
+    hook.remove()
+    assert len(cls_calls) == 1  # the second pass runs the seg heads only
     term = float(parts["consistency"].detach())
     assert term > 0  # a darker copy changes what the untrained net outputs
     # the term is the weighted difference (BatchNorm in training mode: the first pass is unchanged)

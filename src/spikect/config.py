@@ -55,6 +55,11 @@ class HeadConfig:
     # (threshold balancing). From BN's default bias 0 the LIF neurons start mostly silent and identical
     # across classes, and Adam needs epochs to move the bias into the range where rates carry the class.
     balanced_init: bool = False
+    # cls: a private branch. The head reads encoder level `branch_from`'s spikes (0-based, pooled) through
+    # its own copy of the deeper levels (2 hybrid convs each, same widths) instead of the shared bottleneck.
+    # In the multi-task model the seg heads rewrite the shared deep levels for the full-field seg slices,
+    # and the cls set's lung-window class features do not survive that (docs/experiments.md, twin probes).
+    branch_from: int | None = None
     # seg: decoder widths from the deepest level to the shallowest (default: the encoder's, reversed)
     widths: list[int] | None = None
     skips: bool = True
@@ -302,6 +307,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"head {h.name!r}: rate_loss must be 'mse' or 'ce', got {h.rate_loss!r}")
         if h.t_steps is not None and h.t_steps < 1:
             raise ConfigError(f"head {h.name!r}: t_steps must be >= 1")
+        if h.branch_from is not None and (h.type != "cls" or not 0 <= h.branch_from <= m.levels - 2):
+            raise ConfigError(
+                f"head {h.name!r}: branch_from is for cls heads and must be an encoder level in "
+                f"0..{m.levels - 2} (the branch copies the levels after it), got {h.branch_from!r}"
+            )
         if h.type == "seg" and h.widths is not None and len(h.widths) != m.levels:
             raise ConfigError(f"head {h.name!r}: widths needs {m.levels} entries (one per level)")
     if cfg.train.ann_warmup_epochs < 0 or cfg.train.convert_batches < 1 or cfg.train.convert_scale <= 0:

@@ -14,13 +14,19 @@ from spikect.model.hybrid import hybrid_conv, time_pool
 
 
 class SharedEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """The encoder of ``cfg``; with ``in_channels`` and ``widths`` the same kind of stack on another input
+    (a cls head's private branch reads an encoder level's pooled spikes ``[T, B, C, H, W]``)."""
+
+    def __init__(
+        self, cfg: ModelConfig, in_channels: int | None = None, widths: list[int] | None = None
+    ) -> None:
         super().__init__()
         t, nc, bn = cfg.t_steps, cfg.neuron, cfg.batch_norm
+        widths = list(cfg.widths) if widths is None else list(widths)
         self.levels = nn.ModuleList()
-        c_in = cfg.in_channels
-        for i, width in enumerate(cfg.widths):
-            last = i == cfg.levels - 1
+        c_in = cfg.in_channels if in_channels is None else in_channels
+        for i, width in enumerate(widths):
+            last = i == len(widths) - 1
             self.levels.append(
                 nn.Sequential(
                     hybrid_conv(c_in, width, t, nc, bn),
@@ -29,11 +35,12 @@ class SharedEncoder(nn.Module):
             )
             c_in = width
         self.pool = nn.MaxPool2d(2)
-        self.out_channels = cfg.widths[-1]
-        self.skip_channels = list(cfg.widths[:-1])
+        self.out_channels = widths[-1]
+        self.skip_channels = widths[:-1]
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``x [B, C, H, W]`` → (spikes ``[T, B, C_i, H_i, W_i]`` of levels 0..N1-2, last level's u(T)/T)."""
+        """``x [B, C, H, W]`` (or a ``[T, B, C, H, W]`` spike sequence) → (spikes ``[T, B, C_i, H_i, W_i]``
+        of every level but the last, the last level's u(T)/T)."""
         skips: list[torch.Tensor] = []
         h = x
         for level in self.levels[:-1]:

@@ -1,6 +1,7 @@
 """Task heads. Each reads the encoder's u(T)/T map (and, for seg, optionally its spike skips).
 
 - ``ClsHead``: N2 spiking FC layers on the globally pooled map; output = firing rate of the output neurons.
+  Optionally (``branch_from``) the map is its own: a private copy of the encoder's deeper levels.
 - ``SegHead``: N1 decoder levels of 2 hybrid conv layers, a hybrid transposed conv between levels, and a
   final 1×1 conv read out as mean membrane potential over T: per-pixel logits.
 """
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from spikect.config import HeadConfig, ModelConfig
-from spikect.model.hybrid import hybrid_conv, hybrid_linear, hybrid_up
+from spikect.model.encoder import SharedEncoder
+from spikect.model.hybrid import hybrid_conv, hybrid_linear, hybrid_up, time_pool
 from spikect.model.neuron import MeanOverTime, make_readout
 
 
@@ -24,6 +26,12 @@ class ClsHead(nn.Module):
         nc, bn = cfg.neuron, cfg.batch_norm
         self.t_steps = t
         self.pool_skips = head.pool_skips
+        self.branch_from = head.branch_from
+        self.branch: SharedEncoder | None = None
+        if head.branch_from is not None:
+            k = head.branch_from
+            self.branch = SharedEncoder(cfg, skip_channels[k], cfg.widths[k + 1 :])
+            in_channels = self.branch.out_channels
         sizes = [in_channels + (sum(skip_channels) if head.pool_skips else 0), *head.hidden]
         layers: list[nn.Module] = [
             hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
@@ -44,6 +52,8 @@ class ClsHead(nn.Module):
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """→ firing rates ``[B, num_classes]`` in [0, 1] (population mean per class)."""
+        if self.branch is not None:
+            _, z = self.branch(time_pool(skips[self.branch_from], self.branch.pool))
         features = z.mean(dim=(2, 3))
         if self.pool_skips:
             features = torch.cat([*(s.mean(dim=(0, 3, 4)) for s in skips), features], dim=1)
