@@ -162,6 +162,42 @@ def test_explicit_groups_and_typos(real: DataConfig) -> None:
         make_splits(dataclasses.replace(real, test_groups=["c99"]))
 
 
+def test_val_folds_validate_every_non_test_group_once(real: DataConfig) -> None:
+    base = make_splits(real)
+    folds = [make_splits(dataclasses.replace(real, val_folds=3, val_fold=i)) for i in range(3)]
+    for root in (str(SEG), str(CLS)):
+        tests = {tuple(f.dataset(root).groups["test"]) for f in folds}
+        assert tests == {tuple(base.dataset(root).groups["test"])}  # folds leave the test draw alone
+        vals = [g for f in folds for g in f.dataset(root).groups["val"]]
+        assert len(vals) == len(set(vals))  # no group validates twice
+        for f in folds:
+            d = f.dataset(root)
+            assert not set(d.groups["val"]) & set(d.groups["train"])
+            # the folds' val parts tile every group that is neither test nor train-only
+            free = set(d.groups["val"]) | {g for g in d.groups["train"] if not g.startswith("r")}
+            assert free == set(vals)
+    for f in folds:  # stratified: each fold validates on both classes
+        labels = {g.split(":")[0] for g in f.dataset(str(CLS)).groups["val"]}
+        assert labels == {"COVID", "NonCOVID"}
+    seg_vals = {g for f in folds for g in f.dataset(str(SEG)).groups["val"]}
+    assert not any(g.startswith("r") for g in seg_vals)  # train-only groups never validate
+
+
+def test_val_folds_config_errors(tmp_path: Path) -> None:
+    from spikect.config import ConfigError, load_config
+
+    for bad in (
+        "val_folds: 1",
+        "val_folds: 3\n  val_fold: 3",
+        "val_fold: 1",
+        "val_folds: 3\n  val_groups: [c01]",
+    ):
+        path = tmp_path / "c.yaml"
+        path.write_text("data:\n  " + bad + "\n")
+        with pytest.raises(ConfigError, match="val_fold"):
+            load_config(path)
+
+
 def test_max_per_split_and_build_dataset(real: DataConfig) -> None:
     cfg = dataclasses.replace(real, max_per_split=6)
     split = make_splits(cfg)

@@ -208,7 +208,7 @@ def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
     torch.manual_seed(1)
     total, parts, _ = checked(batch)
     hook.remove()
-    assert len(cls_calls) == 1  # the second pass runs the seg heads only
+    assert len(cls_calls) == 2  # the second pass runs every head, as the shipped weights were trained
     term = float(parts["consistency"].detach())
     assert term > 0  # a darker copy changes what the untrained net outputs
     # the term is the weighted difference (BatchNorm in training mode: the first pass is unchanged)
@@ -239,3 +239,29 @@ def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
     objective = Objective.from_config(net, MultiTaskLoss(cls_only.model.heads, cls_only.loss, 2), cls_only)
     assert objective.consistency == 10.0
     assert "consistency" not in objective.train()(batch)[1]
+
+
+def test_cv_folds_script_runs_one_training_per_fold_and_summarises(tiny_cfg, tmp_path, capsys):
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("cv_folds", REPO / "scripts" / "cv_folds.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg["data"]["seg_roots"], cfg["data"]["cls_roots"] = tiny_cfg.data.seg_roots, tiny_cfg.data.cls_roots
+    cfg["train"]["epochs"] = 1
+    config = tmp_path / "tiny1.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert cv.main([str(config), "2", str(tmp_path / "cv")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("spikect train") == 2 and "mean ± SD over 2 folds" in out
+    vals = []
+    for fold in (0, 1):
+        split = json.loads((tmp_path / "cv" / f"fold{fold}" / "split.json").read_text())
+        vals.append({g for d in split["datasets"] for g in d["val"]["groups"]})
+        assert split["settings"]["val_folds"] == 2 and split["settings"]["val_fold"] == fold
+    assert vals[0] and vals[1] and not vals[0] & vals[1]
+    assert cv.main([str(config), "2", str(tmp_path / "cv")]) == 0  # finished folds are not rerun
+    assert "spikect train" not in capsys.readouterr().out

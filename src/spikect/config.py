@@ -146,6 +146,12 @@ class DataConfig:
     train_only_groups: list[str] = field(default_factory=lambda: ["r*"])  # glob on seg volume ids
     test_groups: list[str] = field(default_factory=list)  # explicit overrides, e.g. ["c02", "c05"]
     val_groups: list[str] = field(default_factory=list)
+    # K-fold validation over the groups that are neither test nor pinned nor train-only: with val_folds = k
+    # they are dealt into k folds after the seeded shuffle, and fold val_fold is validation. Choices between
+    # configs then rest on all k folds (one run per fold) rather than on one small draw
+    # (docs/experiments.md, "Why the validation AUC sits near 0.80"). 0: off (val_fraction draws val).
+    val_folds: int = 0
+    val_fold: int = 0
     block_size: int = 50  # cls split: blocks of consecutive `number`s
     negative_fraction: float = 0.2  # per-epoch share of negatives drawn (patent: 20%)
     max_per_split: int | None = None  # cap per split and dataset, for tiny test configs
@@ -326,5 +332,16 @@ def validate(cfg: Config) -> None:
             "loss: need consistency >= 0, 0 < consistency_gamma[0] <= consistency_gamma[1] "
             "and consistency_vflip in [0, 1]"
         )
+    d = cfg.data
+    if d.val_folds:
+        if d.val_folds < 2 or not 0 <= d.val_fold < d.val_folds:
+            raise ConfigError(
+                "data: val_folds must be >= 2 and val_fold in 0..val_folds-1, "
+                f"got {d.val_folds} / {d.val_fold}"
+            )
+        if d.val_groups:
+            raise ConfigError("data: val_folds draws validation; leave val_groups empty (or val_folds 0)")
+    elif d.val_fold:
+        raise ConfigError("data.val_fold needs data.val_folds >= 2")
     if cfg.loss.weighting not in ("fixed", "uncertainty"):
         raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', got {cfg.loss.weighting!r}")

@@ -110,11 +110,11 @@ class Objective(nn.Module):
         gamma, vflip = c.consistency_gamma, c.consistency_vflip
         return cls(model, loss_fn, c.firing_rate_l2, amp, c.consistency, gamma, vflip)
 
-    def _run(self, image: torch.Tensor, heads: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def _run(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.amp is None:
-            return self.model(image, heads)
+            return self.model(image)
         with torch.autocast(image.device.type, dtype=self.amp):  # untested here (no GPU)
-            out = self.model(image, heads)
+            out = self.model(image)
         return {k: v.float() for k, v in out.items()}  # bf16 network, float32 losses
 
     def _consistency(
@@ -128,7 +128,8 @@ class Objective(nn.Module):
 
         The second pass runs on the batch's segmentation slices only (the ones whose seg output is
         trained); with fewer than 2 of them, or no seg head, the term is 0 (BatchNorm cannot normalise a
-        batch of one).
+        batch of one). It runs every head, the cls head too although its output is unused: the cls head's
+        BatchNorm statistics see that pass, and the shipped weights were trained so.
         """
         seg = [h for h in self.loss_fn.heads if h.type == "seg"]
         # no seg head: e.g. a cls-only baseline of `spikect compare` inheriting the default config
@@ -136,17 +137,16 @@ class Objective(nn.Module):
         n = int(keep.sum()) if keep is not None else 0
         if n < 2:
             return image.new_zeros(())
-        names = [h.name for h in seg]  # the second pass needs no cls output (a cls branch costs time)
         lo, hi = (math.log(g) for g in self.consistency_gamma)
         g = torch.empty(n, 1, 1, 1, device=image.device).uniform_(lo, hi).exp()
         view = image[keep].clamp(0.0, 1.0).pow(g)
         if self.consistency_vflip > 0:  # drawn only when on: the random stream of a run without stays put
             # some slices also upside down; their outputs are flipped back before the comparison
             flip = (torch.rand(n, device=image.device) < self.consistency_vflip).view(n, 1, 1, 1)
-            other = self._run(torch.where(flip, view.flip(-2), view), names)
+            other = self._run(torch.where(flip, view.flip(-2), view))
             other = {h.name: torch.where(flip, other[h.name].flip(-2), other[h.name]) for h in seg}
         else:
-            other = self._run(view, names)
+            other = self._run(view)
         parts["consistency"] = seg_consistency({h.name: out[h.name][keep] for h in seg}, other, seg)
         return self.consistency * parts["consistency"]
 

@@ -11,9 +11,13 @@ Groups, never single slices, are split, because neighbouring slices of one patie
 Explicit ``test_groups`` / ``val_groups`` (globs on group ids of any layout) fix those parts of every dataset
 (and cls label) where they match a group; a pattern that matches nothing anywhere is an error. Otherwise the
 free groups are shuffled with a generator seeded by ``seed``, root and label (so adding a dataset does not
-change the others), then whole groups go to test until it holds >= ``test_fraction`` of the slices, then to
-val until >= ``val_fraction``, the rest to train; groups are held back so that, with >= 3 groups, val, test
-and train each get at least one.
+change the others). The root is taken as written in the config, so the same folder spelled another way
+draws other groups; ``configs/default.yaml`` pins its held-out groups for that reason. Then whole groups go
+to test until it holds >= ``test_fraction`` of the slices, then to val until >= ``val_fraction``, the rest
+to train; groups are held back so that, with >= 3 groups, val, test and train each get at least one.
+With ``val_folds = k`` the groups left after test are dealt into k folds instead (in shuffled order, per
+dataset and label, so every fold is stratified) and fold ``val_fold`` is validation: k runs, one per fold,
+validate on every non-test group once.
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ def assign_groups(
     train_only: Sequence[str] = (),
     test_groups: Sequence[str] = (),
     val_groups: Sequence[str] = (),
+    folds: int = 0,
+    fold: int = 0,
 ) -> dict[str, list[str]]:
     """Groups (name -> slice count) -> {part: sorted group names}; see the module docstring for the rules."""
     names = sorted(sizes)
@@ -153,7 +159,11 @@ def assign_groups(
     train_reserve = 0 if forced_train else 1
     val_reserve = 1 if not fixed_val and val_fraction > 0 else 0
     test = fixed_test or take(test_fraction, val_reserve + train_reserve)
-    val = fixed_val or take(val_fraction, train_reserve)
+    if folds:  # every fold draws the same test groups and shuffle; fold i takes every folds-th group from i
+        val = free[fold::folds]
+        free = [g for g in free if g not in val]
+    else:
+        val = fixed_val or take(val_fraction, train_reserve)
     return {"train": sorted(forced_train + free), "val": sorted(val), "test": sorted(test)}
 
 
@@ -194,6 +204,8 @@ def split_records(
             train_only=cfg.train_only_groups if layout == "seg" else [],
             test_groups=cfg.test_groups,
             val_groups=cfg.val_groups,
+            folds=cfg.val_folds,
+            fold=cfg.val_fold,
         )
         part_of.update({g: p for p, gs in parts.items() for g in gs})
     ids, groups = {}, {}
@@ -239,6 +251,8 @@ def make_splits(cfg: DataConfig, base: str | Path | None = None) -> Split:
             "train_only_groups",
             "test_groups",
             "val_groups",
+            "val_folds",
+            "val_fold",
         )
     }
     return Split(seed=cfg.seed, datasets=datasets, settings=settings)
