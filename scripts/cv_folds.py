@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from spikect.config import load_config
+
 FIGURES = ("val_score", "val_auc", "val_lung_dice", "val_infection_dice")
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("K must be >= 2")
     if not args.config.is_file():
         ap.error(f"config not found: {args.config}")
-    epochs = int((yaml.safe_load(args.config.read_text()) or {}).get("train", {}).get("epochs", 60))
+    epochs = load_config(args.config).train.epochs  # also checks the config before the first run
     args.out.mkdir(parents=True, exist_ok=True)
     spikect = Path(sys.executable).with_name("spikect")
     results: list[tuple[dict[str, float], dict[str, float]]] = []

@@ -23,18 +23,20 @@ ev "$seg" --gamma 0.7 > "$out/seg_val_g0.7.txt"
 ev "$seg" --vflip > "$out/seg_val_vflip.txt"
 # the checkpoint's validation volumes as folders of their display slices: symlinks, nothing is copied
 vols=$("$bin/python" - "$weights" "$seg" "$out/vols" <<'PY'
-import csv, sys
+import sys
 from pathlib import Path
 from spikect.checkpoint import load_checkpoint
+from spikect.config import DataConfig
+from spikect.data.datasets import list_records
 weights, seg, dest = sys.argv[1], Path(sys.argv[2]).resolve(), Path(sys.argv[3])
 split = load_checkpoint(weights).meta["split"]
 val = [g for d in split["datasets"] if d["layout"] == "seg" for g in d["val"]["groups"]]
-for row in csv.DictReader(open(seg / "slices.csv")):
-    if row["volume"] in val:
-        link = dest / row["volume"] / row["file"]
+for r in list_records(seg, DataConfig(), "seg"):
+    if r.group in val:
+        link = dest / r.group / Path(r.image).name
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
-            link.symlink_to(seg / "ct" / row["file"])
+            link.symlink_to(seg / r.image)
 print(" ".join(val))
 PY
 )

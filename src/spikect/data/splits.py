@@ -160,8 +160,7 @@ def assign_groups(
     val_reserve = 1 if not fixed_val and val_fraction > 0 else 0
     test = fixed_test or take(test_fraction, val_reserve + train_reserve)
     if folds:  # every fold draws the same test groups and shuffle; fold i takes every folds-th group from i
-        val = free[fold::folds]
-        free = [g for g in free if g not in val]
+        val, free = free[fold::folds], [g for i, g in enumerate(free) if i % folds != fold]
     else:
         val = fixed_val or take(val_fraction, train_reserve)
     return {"train": sorted(forced_train + free), "val": sorted(val), "test": sorted(test)}
