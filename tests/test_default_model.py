@@ -53,6 +53,19 @@ def test_the_committed_config_splits_as_the_shipped_model_did_however_the_roots_
                 assert a[part]["ids"] == b[part]["ids"], (data.cls_roots, a["layout"], part)
 
 
+def test_the_cls_probe_is_the_default_classifier_alone_on_the_default_test_blocks():
+    # docs/experiments.md compares classifier changes on this probe's folds: it must stay the default
+    # config's encoder and cls head, and keep out the default model's cls test blocks
+    probe = load_config(REPO / "configs" / "cls-probe.yaml")
+    default = load_config(REPO / "configs" / "default.yaml")
+    assert probe.model.widths == default.model.widths and probe.model.image_size == default.model.image_size
+    assert [h.name for h in probe.model.heads] == ["cls"] and probe.model.heads[0] == default.model.heads[0]
+    assert probe.model.neuron.kind == "relu" and probe.model.t_steps == 1
+    assert probe.data.seg_roots == [] and probe.data.cls_roots == default.data.cls_roots
+    assert probe.data.test_groups == [g for g in default.data.test_groups if ":" in g]
+    assert probe.data.cls_augment is not None and probe.data.cls_augment.clahe == 0.0
+
+
 def test_held_out_figures_are_in_a_sane_band(shipped):
     model, ckpt = shipped
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -199,6 +199,26 @@ def _torchrun(*args: str) -> None:
     assert proc.stdout.count("best checkpoint:") == 1, proc.stdout  # rank 0 alone prints
 
 
+_EXIT = (
+    "import atexit, sys\n"
+    "from spikect.distributed import exit_process\n"
+    "atexit.register(lambda: print('teardown'))\n"
+    "print('done', end='')\n"  # left in the buffer: exit_process must flush it
+    "sys.stderr.write('err')\n"
+    "exit_process(3)\n"
+)
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_exit_process_skips_the_teardown_of_torchrun_workers_only(world: str) -> None:
+    # gloo's threads can abort a finished rank during interpreter teardown, so a worker leaves with os._exit
+    env = {**os.environ, "WORLD_SIZE": world}
+    proc = subprocess.run([sys.executable, "-c", _EXIT], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stderr.endswith("err")
+    assert proc.stdout == ("done" if world == "2" else "doneteardown\n")
+
+
 # 2 processes x batch 2 against 1 process x batch 4: the same 4 global steps on the same slices. They
 # differ because each rank normalises with BatchNorm statistics of its own 2 slices and averages its loss
 # over its own slices (per-rank Dice, per-rank means over the slices that have each target). Measured on the

@@ -42,6 +42,7 @@ def test_training_writes_everything(tiny_run):
         assert (tiny_run / name).is_file(), name
     rows = _log(tiny_run / "log.csv")
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert b"\r" not in (tiny_run / "log.csv").read_bytes()  # plain newlines, for shell tools
     for col in ("train_cls", "train_lung", "train_infection", "train_total", "val_total", "val_lung_dice"):
         assert rows[0][col] != "", col
 

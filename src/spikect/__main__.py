@@ -1,5 +1,3 @@
-import sys
+from spikect.cli import run
 
-from spikect.cli import main
-
-sys.exit(main())
+run()

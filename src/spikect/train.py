@@ -292,7 +292,7 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
         keys += [k for k in row if k not in keys]
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, lineterminator="\n")  # csv defaults to CRLF
         writer.writeheader()
         writer.writerows(history)
     tmp.replace(path)
