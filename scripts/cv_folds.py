@@ -14,7 +14,6 @@ the validation figures of the epoch with the best validation score and of the la
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from spikect.config import load_config
+from spikect.train import read_log as train_log
 
 FIGURES = ("val_score", "val_auc", "val_lung_dice", "val_infection_dice")
 
@@ -42,8 +42,8 @@ def fold_config(config: Path, k: int, fold: int, out: Path, threads: int | None 
 
 
 def read_log(log: Path) -> list[dict[str, float]]:
-    with log.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    """The fold's log.csv rows, without the columns an epoch left empty."""
+    return [{k: v for k, v in row.items() if v is not None} for row in train_log(log)]
 
 
 def summary(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:

@@ -51,7 +51,7 @@ from spikect.energy import measure_energy
 from spikect.evaluate import Scores, score, summarise
 from spikect.metrics import classification_metrics, roc_curve
 from spikect.model.network import MultiTaskNet
-from spikect.train import train
+from spikect.train import read_log, train
 
 SETUPS = ("same-source", "confounded")
 SEG_LAYOUTS = ("seg", "nifti")
@@ -262,20 +262,10 @@ def pick_cls_examples(sets: list[TestSet], n: int) -> list[tuple[TestSet, int]]:
 
 def _history(ckpt_path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-epoch rows: the run's log.csv when there is one, else the checkpoint's own history."""
-    import csv
-
     log = ckpt_path.parent / "log.csv"
     if log.is_file():
-        with log.open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return read_log(log)
     return list(meta.get("history", []))
-
-
-def _number(v: str) -> float | None:
-    try:
-        return float(v)
-    except ValueError:
-        return None
 
 
 def train_method(cfg: Config, run_dir: Path, progress: bool) -> Path:

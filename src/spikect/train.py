@@ -298,6 +298,19 @@ def write_log(path: Path, history: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def read_log(path: Path) -> list[dict[str, float | None]]:
+    """The rows of a ``log.csv`` written by :func:`write_log`, as numbers (None where a row has no value)."""
+    with path.open(newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(v: str | None) -> float | None:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def plot_losses(path: Path, history: list[dict[str, Any]], heads: list[str]) -> None:
     import matplotlib
 
