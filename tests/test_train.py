@@ -76,6 +76,45 @@ def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeyp
     assert resumed[1]["train_total"] == straight[1]["train_total"]  # bit-identical to the uninterrupted run
 
 
+def test_ema_validates_the_moving_average_and_resumes_it(tiny_cfg, tmp_path, monkeypatch):
+    import copy
+
+    import spikect.train as tr
+    from spikect.checkpoint import load_checkpoint
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.ema = 0.5
+    straight = tmp_path / "straight"
+    train(cfg, straight, progress=False)
+    last = load_checkpoint(straight / "last.safetensors")
+    assert set(last.raw) == set(last.model)  # the training weights ride along, for --resume
+    assert any(not torch.equal(last.model[k], last.raw[k]) for k in last.model)
+    assert not load_checkpoint(straight / "best.safetensors").raw  # what ships is the average alone
+
+    real_plot = tr.plot_losses
+
+    def crash_after_first_epoch(path, history, heads):
+        real_plot(path, history, heads)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "plot_losses", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(tr, "plot_losses", real_plot)
+    train(cfg, tmp_path / "resumed", resume=tmp_path / "resumed" / "last.safetensors", progress=False)
+    a, b = _log(straight / "log.csv"), _log(tmp_path / "resumed" / "log.csv")
+    # validation runs on the average: restored from the checkpoint, not restarted from the raw weights
+    assert a[1]["val_total"] == b[1]["val_total"] and a[1]["train_total"] == b[1]["train_total"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.safetensors")
+    assert all(torch.equal(resumed.model[k], last.model[k]) for k in last.model)
+
+
+def test_training_without_ema_keeps_no_second_copy(tiny_run):
+    from spikect.checkpoint import load_checkpoint
+
+    assert not load_checkpoint(tiny_run / "last.safetensors").raw
+
+
 def test_ann_warm_start_trains_the_twin_then_the_converted_snn(tiny_cfg, tmp_path):
     import copy
 

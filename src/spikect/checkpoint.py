@@ -38,6 +38,8 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # split, metrics, epoch, history, ...
     path: Path | None = None
+    # the training weights when ``model`` holds their moving average (train.ema): what --resume goes on from
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -75,8 +77,12 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     loss: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    raw: torch.nn.Module | None = None,
 ) -> None:
+    """``raw``: the training weights when ``model`` is their moving average (``train.ema``), for --resume."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if raw is not None:
+        tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in raw.state_dict().items()})
     if loss is not None:
         tensors.update({f"loss.{k}": v.detach().cpu().contiguous() for k, v in loss.state_dict().items()})
     header: dict[str, str] = {"format": FORMAT, "config": config.to_yaml(), "meta": json.dumps(meta or {})}
@@ -136,7 +142,7 @@ def load_checkpoint(weights: str | Path) -> Checkpoint:
             f"{path} is a safetensors file but not a spikect checkpoint (no '{FORMAT}' header)"
         )
     config = config_from_dict(yaml.safe_load(header["config"]))
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "loss": {}, "optim": {}}
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "loss": {}, "optim": {}, "raw": {}}
     for k, v in tensors.items():
         prefix, _, rest = k.partition(".")
         groups.setdefault(prefix, {})[rest] = v
@@ -151,7 +157,13 @@ def load_checkpoint(weights: str | Path) -> Checkpoint:
             state.setdefault(int(pid), {})[name] = v
         optimizer["state"] = state
     return Checkpoint(
-        config, groups["model"], groups["loss"], optimizer, json.loads(header.get("meta", "{}")), path
+        config,
+        groups["model"],
+        groups["loss"],
+        optimizer,
+        json.loads(header.get("meta", "{}")),
+        path,
+        groups["raw"],
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -232,12 +233,13 @@ def run_epoch(
     progress: bool = True,
     ddp: nn.Module | None = None,
     env: Dist = SINGLE,
+    average: AveragedModel | None = None,
 ) -> EpochResult:
     """One pass over ``loader``: trains when an optimizer is given, else evaluates and scores without grad.
 
     Training steps go through ``ddp`` (the DDP-wrapped ``objective``) when given; evaluation always uses
     the bare ``objective``, which runs no collective, so ranks may have different numbers of batches.
-    Losses and scores are merged over ``env``'s ranks.
+    Losses and scores are merged over ``env``'s ranks. ``average`` (``train.ema``) follows every step.
     """
     training = optimizer is not None
     step = ddp if training and ddp is not None else objective
@@ -256,6 +258,8 @@ def run_epoch(
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
         tally.add_losses({**parts, "total": total})
         bar.set_postfix(loss=f"{tally.sums['total'] / tally.counts['total']:.4f}")
         if not training:
@@ -423,11 +427,20 @@ def _train(
     params = [*model.parameters(), *(p for p in loss_fn.parameters() if p.requires_grad)]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if ckpt is not None:
-        model.load_state_dict(ckpt.model)
+        model.load_state_dict(ckpt.raw or ckpt.model)
         loss_fn.load_state_dict(ckpt.loss)
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
-    objective = Objective.from_config(model, loss_fn, cfg, amp_dtype(cfg.train.amp, device))
+    amp = amp_dtype(cfg.train.amp, device)
+    objective = Objective.from_config(model, loss_fn, cfg, amp)
+    # train.ema: validation, best.safetensors and the model of last.safetensors are the moving average
+    average, judged = None, objective
+    if cfg.train.ema > 0:
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        if ckpt is not None and ckpt.raw:
+            average.module.load_state_dict(ckpt.model)
+            average.n_averaged.fill_(1)  # > 0: go on averaging rather than copy the weights afresh
+        judged = Objective.from_config(average.module, loss_fn, cfg, amp)
     ddp = None
     if env.enabled:
         # find_unused_parameters: a seg head whose mask no sample of a rank's batch has gets no gradient
@@ -456,10 +469,21 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, epoch)
         tr = run_epoch(
-            objective, train_loader, device, optimizer, cfg.train.grad_clip, f"train {epoch}", show, ddp, env
+            objective,
+            train_loader,
+            device,
+            optimizer,
+            cfg.train.grad_clip,
+            f"train {epoch}",
+            show,
+            ddp,
+            env,
+            average,
         )
         digests = _check_replicas(objective, env)
-        va = run_epoch(objective, val_loader, device, None, 0.0, f"val {epoch}", show, None, env)
+        if average is not None:  # its BatchNorm statistics follow each rank's own: validate rank 0's
+            distributed.broadcast_buffers(average, env)
+        va = run_epoch(judged, val_loader, device, None, 0.0, f"val {epoch}", show, None, env)
         score = validation_score(va.metrics, va.losses.get("total", math.inf))
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in tr.losses.items()})
@@ -478,9 +502,10 @@ def _train(
         if env.enabled:
             meta.update({"world_size": env.world_size, "replica_digests": digests})
         if main:
+            raw = model if average is not None else None
             if improved:
-                save_checkpoint(out / "best.safetensors", model, cfg, meta, loss_fn)
-            save_checkpoint(out / "last.safetensors", model, cfg, meta, loss_fn, optimizer)
+                save_checkpoint(out / "best.safetensors", judged.model, cfg, meta, loss_fn)
+            save_checkpoint(out / "last.safetensors", judged.model, cfg, meta, loss_fn, optimizer, raw)
             write_log(out / "log.csv", state["history"])
             plot_losses(out / "loss.png", state["history"], heads)
         epochs.set_postfix(score=f"{score:.4f}", best=f"{state['best_score']:.4f}")
