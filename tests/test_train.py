@@ -56,19 +56,24 @@ def test_seeded_training_is_reproducible(tiny_cfg, tiny_run, tmp_path):
     )
 
 
-def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeypatch):
+def _crash_after_first_epoch(cfg, out, monkeypatch):
+    """Train ``cfg`` into ``out`` and crash right after epoch 0's checkpoints were written."""
     import spikect.train as tr
 
     real_plot = tr.plot_losses
 
-    def crash_after_first_epoch(path, history, heads):
+    def crash(path, history, heads):
         real_plot(path, history, heads)
-        raise KeyboardInterrupt  # a crash after epoch 0's checkpoint was written
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(tr, "plot_losses", crash_after_first_epoch)
+    monkeypatch.setattr(tr, "plot_losses", crash)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg, tmp_path, progress=False)
+        train(cfg, out, progress=False)
     monkeypatch.setattr(tr, "plot_losses", real_plot)
+
+
+def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeypatch):
+    _crash_after_first_epoch(tiny_cfg, tmp_path, monkeypatch)
     assert len(_log(tmp_path / "log.csv")) == 1
     train(tiny_cfg, tmp_path, resume=tmp_path / "last.safetensors", progress=False)
     resumed, straight = _log(tmp_path / "log.csv"), _log(tiny_run / "log.csv")
@@ -79,7 +84,6 @@ def test_resume_continues_where_it_stopped(tiny_cfg, tiny_run, tmp_path, monkeyp
 def test_ema_validates_the_moving_average_and_resumes_it(tiny_cfg, tmp_path, monkeypatch):
     import copy
 
-    import spikect.train as tr
     from spikect.checkpoint import load_checkpoint
 
     cfg = copy.deepcopy(tiny_cfg)
@@ -91,16 +95,7 @@ def test_ema_validates_the_moving_average_and_resumes_it(tiny_cfg, tmp_path, mon
     assert any(not torch.equal(last.model[k], last.raw[k]) for k in last.model)
     assert not load_checkpoint(straight / "best.safetensors").raw  # what ships is the average alone
 
-    real_plot = tr.plot_losses
-
-    def crash_after_first_epoch(path, history, heads):
-        real_plot(path, history, heads)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "plot_losses", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(tr, "plot_losses", real_plot)
+    _crash_after_first_epoch(cfg, tmp_path / "resumed", monkeypatch)
     train(cfg, tmp_path / "resumed", resume=tmp_path / "resumed" / "last.safetensors", progress=False)
     a, b = _log(straight / "log.csv"), _log(tmp_path / "resumed" / "log.csv")
     # validation runs on the average: restored from the checkpoint, not restarted from the raw weights

@@ -70,6 +70,10 @@ def _optimizer_tensors(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tenso
     return tensors, plain
 
 
+def _prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -80,11 +84,10 @@ def save_checkpoint(
     raw: torch.nn.Module | None = None,
 ) -> None:
     """``raw``: the training weights when ``model`` is their moving average (``train.ema``), for --resume."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if raw is not None:
-        tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in raw.state_dict().items()})
-    if loss is not None:
-        tensors.update({f"loss.{k}": v.detach().cpu().contiguous() for k, v in loss.state_dict().items()})
+    tensors = _prefixed("model", model)
+    for prefix, module in (("raw", raw), ("loss", loss)):
+        if module is not None:
+            tensors.update(_prefixed(prefix, module))
     header: dict[str, str] = {"format": FORMAT, "config": config.to_yaml(), "meta": json.dumps(meta or {})}
     if optimizer is not None:
         opt_tensors, opt_plain = _optimizer_tensors(optimizer.state_dict())
