@@ -4,6 +4,7 @@ tiny NIfTI volumes written here."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from spikect.data import (
 from spikect.data.splits import assign_groups
 from spikect.preprocess import LUNG_WINDOW
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 SEG = DATA / "covid19-ct-seg-png"
 CLS = DATA / "sarscov2-ct"
 MASKS = ["lung", "infection"]
@@ -455,3 +457,36 @@ def test_nifti_split_and_build(nifti_root: Path) -> None:
     test = build_dataset(cfg, split, "test", 64, augment=True)
     assert len(test) == DEPTH and len(set(test.groups)) == 1
     check_sample(test[3], 64)
+
+
+PROBE_TEST = [
+    "COVID:0250-0299",
+    "COVID:0500-0549",
+    "COVID:0800-0849",
+    "NonCOVID:0300-0349",
+    "NonCOVID:0850-0899",
+    "NonCOVID:0900-0949",
+]
+
+
+def test_any_spelling_of_a_root_draws_the_same_groups(real: DataConfig, tmp_path: Path) -> None:
+    """The draw is seeded by the folder, not its spelling: absolute, relative to the repo, or via a link."""
+    rel = os.path.relpath(CLS, REPO)
+    link = tmp_path / "elsewhere"
+    link.mkdir()
+    (link / CLS.name).symlink_to(CLS)
+    spellings = [str(CLS), rel, str(link / CLS.name), f"{CLS}/"]
+    draws = []
+    for root in spellings:
+        cfg = DataConfig(seg_roots=[], cls_roots=[root], test_groups=PROBE_TEST, val_folds=6, val_fold=4)
+        draws.append(make_splits(cfg, base=REPO).datasets[0].groups)
+    assert all(d == draws[0] for d in draws), spellings
+    # ...and still the relative spelling's draw: configs/cls-probe.yaml's fold 4 (docs/experiments.md)
+    assert draws[0]["val"] == [
+        "COVID:0050-0099",
+        "COVID:0650-0699",
+        "COVID:0850-0899",
+        "NonCOVID:0200-0249",
+        "NonCOVID:0250-0299",
+        "NonCOVID:1000-1049",
+    ]

@@ -109,6 +109,23 @@ def test_cls_head_can_read_every_level_and_the_gradient_reaches_the_skips():
     assert net.encoder.levels[0][0].op.weight.grad.abs().sum() > 0
 
 
+def test_cls_head_meanmax_pool_reads_the_maximum_beside_the_mean():
+    heads = [HeadConfig(name="cls", type="cls", pool="meanmax")]
+    net = _net(heads=heads)
+    assert net.heads["cls"].layers[0].op.in_features == 2 * net.encoder.out_channels
+    z = torch.zeros(3, net.encoder.out_channels, 2, 2)
+    z[0, 0, 1, 1] = 4.0  # one hot spot: mean 1, max 4
+    seen = []
+    net.heads["cls"].layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    net.heads["cls"].eval()(z, [])
+    features = seen[0].reshape(-1, 3, 2 * net.encoder.out_channels)[0]  # time step 0
+    assert features[0, 0] == 1.0 and features[0, net.encoder.out_channels] == 4.0
+    from spikect.config import Config, ConfigError, validate
+
+    with pytest.raises(ConfigError, match="pool"):
+        validate(Config(model=tiny_model_config(heads=[HeadConfig(name="cls", type="cls", pool="max")])))
+
+
 def test_cls_branch_owns_the_deep_levels_so_seg_gradients_leave_it_alone():
     heads = [HeadConfig(name="cls", type="cls", branch_from=0), HeadConfig(name="lung", type="seg")]
     net = _net(heads=heads)

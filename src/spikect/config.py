@@ -46,6 +46,9 @@ class HeadConfig:
     # cls: also read every encoder level's spike rate (global mean over T, H, W), not only the bottleneck.
     # Short paths for the surrogate gradient, like the seg skips (the deep-only head barely trains).
     pool_skips: bool = False
+    # cls: how the bottleneck map becomes the FC input. 'mean' (global average) or 'meanmax' (average and
+    # maximum side by side, twice the features): a focal lesion moves the maximum where the mean dilutes it.
+    pool: str = "mean"
     # cls: the head's own time steps. Its input (pooled u(T)/T) is static, so it can be shown for longer
     # than the encoder's T at almost no cost (FC layers); finer rates, smoother surrogate gradients.
     t_steps: int | None = None  # None: the model's T
@@ -314,6 +317,8 @@ def validate(cfg: Config) -> None:
     for h in m.heads:
         if h.type not in ("cls", "seg"):
             raise ConfigError(f"head {h.name!r}: type must be 'cls' or 'seg', got {h.type!r}")
+        if h.pool not in ("mean", "meanmax"):
+            raise ConfigError(f"head {h.name!r}: pool must be 'mean' or 'meanmax', got {h.pool!r}")
         if h.rate_loss not in ("mse", "ce"):
             raise ConfigError(f"head {h.name!r}: rate_loss must be 'mse' or 'ce', got {h.rate_loss!r}")
         if h.t_steps is not None and h.t_steps < 1:

@@ -10,9 +10,9 @@ Groups, never single slices, are split, because neighbouring slices of one patie
 
 Explicit ``test_groups`` / ``val_groups`` (globs on group ids of any layout) fix those parts of every dataset
 (and cls label) where they match a group; a pattern that matches nothing anywhere is an error. Otherwise the
-free groups are shuffled with a generator seeded by ``seed``, root and label (so adding a dataset does not
-change the others). The root is taken as written in the config, so the same folder spelled another way
-draws other groups; ``configs/default.yaml`` pins its held-out groups for that reason. Then whole groups go
+free groups are shuffled with a generator seeded by ``seed``, the root's folder name and label (so adding a
+dataset does not change the others, and any spelling of one folder, relative or absolute, draws the same
+groups: :func:`split_tag`). Then whole groups go
 to test until it holds >= ``test_fraction`` of the slices, then to val until >= ``val_fraction``, the rest
 to train; groups are held back so that, with >= 3 groups, val, test and train each get at least one.
 With ``val_folds = k`` the groups left after test are dealt into k folds instead (in shuffled order, per
@@ -116,6 +116,16 @@ def resolve_root(root: str | Path, base: str | Path | None = None) -> Path:
     """A config root, relative to ``base`` (default: the working directory) unless absolute."""
     p = Path(root).expanduser()
     return p if p.is_absolute() or base is None else Path(base) / p
+
+
+def split_tag(root: str | Path, base: str | Path | None = None) -> str:
+    """What seeds a root's draw: the name of the folder it points to, not how the config spells it.
+
+    Hashing the root as written once gave ``/work/shared/data/sarscov2-ct`` and ``../shared/data/sarscov2-ct``
+    different patients (docs/experiments.md, "Why the validation AUC sits near 0.80"). The name is written
+    with the prefix every config has used, so each draw recorded so far (docs, shipped split) stays the same.
+    """
+    return f"../shared/data/{resolve_root(root, base).resolve().name}"
 
 
 def _matches(group: str, patterns: Iterable[str]) -> bool:
@@ -234,7 +244,7 @@ def make_splits(cfg: DataConfig, base: str | Path | None = None) -> Split:
         if not records:
             raise ValueError(f"{root}: no slices found")
         all_groups.update(r.group for r in records)
-        ids, groups = split_records(records, layout, cfg, tag=root)
+        ids, groups = split_records(records, layout, cfg, tag=split_tag(root, base))
         datasets.append(DatasetSplit(root=root, layout=layout, ids=ids, groups=groups))
     for name, patterns in (("test_groups", cfg.test_groups), ("val_groups", cfg.val_groups)):
         unused = [p for p in patterns if not any(fnmatch.fnmatchcase(g, p) for g in all_groups)]

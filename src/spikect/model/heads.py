@@ -26,12 +26,14 @@ class ClsHead(nn.Module):
         nc, bn = cfg.neuron, cfg.batch_norm
         self.t_steps = t
         self.pool_skips = head.pool_skips
+        self.pool_max = head.pool == "meanmax"
         self.branch_from = head.branch_from
         self.branch: SharedEncoder | None = None
         if head.branch_from is not None:
             k = head.branch_from
             self.branch = SharedEncoder(cfg, skip_channels[k], cfg.widths[k + 1 :])
             in_channels = self.branch.out_channels
+        in_channels *= 2 if self.pool_max else 1
         sizes = [in_channels + (sum(skip_channels) if head.pool_skips else 0), *head.hidden]
         layers: list[nn.Module] = [
             hybrid_linear(a, b, t, nc, bn) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
@@ -55,6 +57,8 @@ class ClsHead(nn.Module):
         if self.branch is not None:
             _, z = self.branch(time_pool(skips[self.branch_from], self.branch.pool))
         features = z.mean(dim=(2, 3))
+        if self.pool_max:
+            features = torch.cat([features, z.amax(dim=(2, 3))], dim=1)
         if self.pool_skips:
             features = torch.cat([*(s.mean(dim=(0, 3, 4)) for s in skips), features], dim=1)
         rates = self.rate(self.layers(features))
