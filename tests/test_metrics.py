@@ -3,7 +3,14 @@ import pytest
 import torch
 from monai.metrics import DiceMetric, MeanIoU, compute_roc_auc
 
-from spikect.metrics import VolumeOverlap, classification_metrics, confusion_counts, roc_auc, roc_curve
+from spikect.metrics import (
+    VolumeOverlap,
+    classification_metrics,
+    confusion_counts,
+    group_means,
+    roc_auc,
+    roc_curve,
+)
 
 
 def _mask(h: int, w: int, on: list[tuple[int, int]]) -> np.ndarray:
@@ -119,3 +126,18 @@ def test_undefined_classification_metrics_are_none():
         classification_metrics([0.1, 0.2], [1, -1])
     with pytest.raises(ValueError, match="NaN"):
         classification_metrics([float("nan")], [1])
+
+
+def test_group_means_rank_groups_not_slices():
+    # slice level, one C slice (0.1) sits below every N slice; by group mean, C (0.6) beats N (0.3)
+    probs = [0.9, 0.8, 0.1, 0.4, 0.2, 0.3]
+    labels = [1, 1, 1, 0, 0, 0]
+    groups = ["C1", "C1", "C1", "N1", "N1", "N1"]
+    means, y, names = group_means(probs, labels, groups)
+    assert names == ["C1", "N1"] and y.tolist() == [1, 0]
+    np.testing.assert_allclose(means, [0.6, 0.3])
+    assert roc_auc(probs, labels) == pytest.approx(6 / 9) and roc_auc(means, y) == 1.0
+    with pytest.raises(ValueError, match="both labels"):
+        group_means([0.1, 0.2], [1, 0], ["g", "g"])
+    with pytest.raises(ValueError, match="2 groups for 3"):
+        group_means([0.1, 0.2, 0.3], [1, 0, 0], ["a", "b"])

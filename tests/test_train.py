@@ -172,12 +172,17 @@ def test_evaluate_cli_on_held_out_part(tiny_run, root, tmp_path, capsys):
         "sensitivity",
         "specificity",
         "auc",
+        "n_groups",
+        "group_auc",
     ]
     assert result["n_images"] > 0
+    split = json.loads((tiny_run / "split.json").read_text())
+    test_groups = {g for d in split["datasets"] if d["root"].endswith(root) for g in d["test"]["groups"]}
+    assert 0 < result["n_groups"] <= len(test_groups)  # (a tiny config caps the slices per split)
     if root == "sarscov2-ct":
-        assert result["lung_dice"] is None and result["auc"] is not None
+        assert result["lung_dice"] is None and result["auc"] is not None and result["group_auc"] is not None
     else:
-        assert 0 <= result["lung_dice"] <= 1 and result["specificity"] is None
+        assert 0 <= result["lung_dice"] <= 1 and result["specificity"] is None and result["group_auc"] is None
     assert "lung_dice" in capsys.readouterr().out
 
 
@@ -276,6 +281,22 @@ def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
     assert "consistency" not in objective.train()(batch)[1]
 
 
+def test_cv_folds_fold_config_sets_the_fold_and_overrides_seed_and_threads(tmp_path):
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("cv_folds", REPO / "scripts" / "cv_folds.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"val_groups": ["c01"]}, "train": {"seed": 0, "threads": 2}}))
+    kept = yaml.safe_load(cv.fold_config(config, 6, 4, tmp_path).read_text())
+    assert kept["data"] == {"val_folds": 6, "val_fold": 4} and kept["train"] == {"seed": 0, "threads": 2}
+    changed = yaml.safe_load(cv.fold_config(config, 6, 1, tmp_path, threads=1, seed=3).read_text())
+    assert changed["train"] == {"seed": 3, "threads": 1} and changed["data"]["val_fold"] == 1
+
+
 def test_cv_folds_script_runs_one_training_per_fold_and_summarises(tiny_cfg, tmp_path, capsys):
     import importlib.util
 
@@ -298,5 +319,16 @@ def test_cv_folds_script_runs_one_training_per_fold_and_summarises(tiny_cfg, tmp
         vals.append({g for d in split["datasets"] for g in d["val"]["groups"]})
         assert split["settings"]["val_folds"] == 2 and split["settings"]["val_fold"] == fold
     assert vals[0] and vals[1] and not vals[0] & vals[1]
+    # each fold's last model rescored on its validation cls slices gives the AUC its training logged
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("fold  slices")))
+    for fold in (0, 1):
+        cells = lines[header + 1 + fold].split()
+        logged = cv.read_log(tmp_path / "cv" / f"fold{fold}" / "log.csv")[-1]["val_auc"]
+        assert cells[0] == str(fold) and cells[2] == f"{logged:.3f}"
+        cls_groups = {g for g in vals[fold] if ":" in g}
+        assert int(cells[3]) == len(cls_groups)
+    assert "pooled over 2 folds" in lines[header + 3] and "slices: accuracy" in lines[header + 3]
+    assert f"{sum(len({g for g in v if ':' in g}) for v in vals)} groups" in lines[header + 4]
     assert cv.main([str(config), "2", str(tmp_path / "cv")]) == 0  # finished folds are not rerun
     assert "spikect train" not in capsys.readouterr().out

@@ -2,7 +2,10 @@
 
 Predictions are made at the model's input size and scored at each image's own size (logits are resized
 back before thresholding). Segmentation: Dice/IoU of all of a volume's slices pooled, averaged over
-volumes. Classification: slice level; every seg-layout slice counts as COVID-positive.
+volumes. Classification: slice level; every seg-layout slice counts as COVID-positive. ``group_auc`` ranks
+the mean p(COVID) of each split group instead (a cls block of 50 consecutive images, a few patients; a seg
+volume): the cls slices all carry their patient's label, visible signs or not, so a group-level figure says
+how well groups of patients are told apart.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from spikect.checkpoint import Checkpoint, load_model
 from spikect.data import SliceDataset, SliceRecord, detect_layout, list_records
 from spikect.data.splits import PARTS, Split
 from spikect.io.volume import MIN_INPLANE, InputError
-from spikect.metrics import VolumeOverlap, classification_metrics
+from spikect.metrics import VolumeOverlap, classification_metrics, group_means, roc_auc
 from spikect.model.heads import class_probabilities
 from spikect.model.network import MultiTaskNet
 from spikect.preprocess import resize_image, resize_logits
@@ -38,6 +41,8 @@ KEYS = (
     "sensitivity",
     "specificity",
     "auc",
+    "n_groups",
+    "group_auc",
 )
 
 
@@ -127,6 +132,7 @@ class Scores:
     overlaps: dict[str, VolumeOverlap] = field(default_factory=dict)  # by mask name
     probs: list[float] = field(default_factory=list)  # p(COVID) of every labelled slice
     labels: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # "<root name>/<split group>" of each labelled slice
     n_images: int = 0
     forward_s: float = 0.0  # seconds inside the forward passes: the inference time, without data loading
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {mask: bool [H, W], "p": float}
@@ -171,6 +177,7 @@ def score(
                 if p is not None and batch["label"][i] >= 0:
                     scores.probs.append(p[i])
                     scores.labels.append(batch["label"][i])
+                    scores.groups.append(f"{ds.root.name}/{batch['group'][i]}")
                 if kept is not None:
                     scores.kept[batch["id"][i]] = {**kept, "p": None if p is None else p[i]}
     own.check_volumes()
@@ -187,6 +194,9 @@ def summarise(scores: Scores) -> dict[str, Any]:
             result[f"{mask}_iou"] = scores.overlaps[mask].iou()
     if scores.labels:
         result.update(classification_metrics(np.asarray(scores.probs), np.asarray(scores.labels)))
+        means, labels, names = group_means(scores.probs, scores.labels, scores.groups)
+        result["n_groups"] = len(names)
+        result["group_auc"] = roc_auc(means, labels)
     return {k: result[k] for k in KEYS}
 
 

@@ -163,6 +163,29 @@ def classification_metrics(
     }
 
 
+def group_means(
+    prob_pos: ArrayLike, labels: ArrayLike, groups: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(mean prob_pos, label, group)`` per group, groups in first-seen order.
+
+    A split group (a cls block of consecutive images, a seg volume) is the unit the split keeps apart, so
+    its mean p is what a group-level figure ranks. Raises ``ValueError`` if a group mixes labels or the
+    lengths differ.
+    """
+    s, y = _binary_inputs(prob_pos, labels)
+    if len(groups) != s.size:
+        raise ValueError(f"{len(groups)} groups for {s.size} scores")
+    index: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    for g, rows in index.items():
+        if y[rows].any() and not y[rows].all():
+            raise ValueError(f"group {g!r} holds both labels")
+    names = list(index)
+    means = np.array([s[index[g]].mean() for g in names], dtype=np.float64)
+    return means, np.array([int(y[index[g][0]]) for g in names], dtype=np.int64), names
+
+
 def roc_curve(prob_pos: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fpr, tpr, thresholds)``, one point per distinct score, thresholds decreasing from ``+inf``.
 
