@@ -32,7 +32,7 @@ import yaml
 from spikect.checkpoint import load_model
 from spikect.config import load_config
 from spikect.evaluate import Scores, score, scoring_dataset
-from spikect.metrics import classification_metrics, group_means
+from spikect.metrics import classification_metrics, group_means, roc_auc
 from spikect.train import read_log as train_log
 
 FIGURES = ("val_score", "val_auc", "val_lung_dice", "val_infection_dice")
@@ -86,11 +86,8 @@ def pooled_report(per_fold: list[Scores]) -> list[str]:
     pooled = Scores()
     for fold, s in enumerate(per_fold):
         means, labels, names = group_means(s.probs, s.labels, s.groups)
-        slice_auc = classification_metrics(s.probs, s.labels)["auc"]
-        group_auc = classification_metrics(means, labels)["auc"]
-        lines.append(
-            f"{fold:4d}  {len(s.probs):6d}  {_shown(slice_auc):>9}  {len(names):6d}  {_shown(group_auc):>9}"
-        )
+        slice_auc, group_auc = _shown(roc_auc(s.probs, s.labels)), _shown(roc_auc(means, labels))
+        lines.append(f"{fold:4d}  {len(s.probs):6d}  {slice_auc:>9}  {len(names):6d}  {group_auc:>9}")
         pooled.probs += s.probs
         pooled.labels += s.labels
         pooled.groups += [f"{fold}:{g}" for g in s.groups]  # each group is validated in one fold only

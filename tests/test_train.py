@@ -281,14 +281,20 @@ def test_contrast_consistency_adds_its_term_in_training_only(tiny_cfg):
     assert "consistency" not in objective.train()(batch)[1]
 
 
-def test_cv_folds_fold_config_sets_the_fold_and_overrides_seed_and_threads(tmp_path):
+def _cv_folds():
+    """scripts/cv_folds.py as a module (scripts/ is not a package)."""
     import importlib.util
-
-    import yaml
 
     spec = importlib.util.spec_from_file_location("cv_folds", REPO / "scripts" / "cv_folds.py")
     cv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cv)
+    return cv
+
+
+def test_cv_folds_fold_config_sets_the_fold_and_overrides_seed_and_threads(tmp_path):
+    import yaml
+
+    cv = _cv_folds()
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data": {"val_groups": ["c01"]}, "train": {"seed": 0, "threads": 2}}))
     kept = yaml.safe_load(cv.fold_config(config, 6, 4, tmp_path).read_text())
@@ -298,13 +304,9 @@ def test_cv_folds_fold_config_sets_the_fold_and_overrides_seed_and_threads(tmp_p
 
 
 def test_cv_folds_script_runs_one_training_per_fold_and_summarises(tiny_cfg, tmp_path, capsys):
-    import importlib.util
-
     import yaml
 
-    spec = importlib.util.spec_from_file_location("cv_folds", REPO / "scripts" / "cv_folds.py")
-    cv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cv)
+    cv = _cv_folds()
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg["data"]["seg_roots"], cfg["data"]["cls_roots"] = tiny_cfg.data.seg_roots, tiny_cfg.data.cls_roots
     cfg["train"]["epochs"] = 1
