@@ -115,6 +115,10 @@ class LossConfig:
     consistency: float = 0.0
     consistency_gamma: tuple[float, float] = (0.67, 1.5)
     consistency_vflip: float = 0.0  # probability that the second pass also sees the slice upside down
+    # cls (MSE): leave out of each batch's loss this fraction of its labelled cls slices with the highest
+    # loss, among class cls_trim_label only if set (the small-loss trick against noisy slice labels)
+    cls_trim: float = 0.0
+    cls_trim_label: int | None = None
 
 
 @dataclass
@@ -342,6 +346,8 @@ def validate(cfg: Config) -> None:
             "loss: need consistency >= 0, 0 < consistency_gamma[0] <= consistency_gamma[1] "
             "and consistency_vflip in [0, 1]"
         )
+    if not 0 <= cfg.loss.cls_trim < 1:
+        raise ConfigError(f"loss.cls_trim must be in [0, 1), got {cfg.loss.cls_trim!r}")
     d = cfg.data
     if d.val_folds:
         if d.val_folds < 2 or not 0 <= d.val_fold < d.val_folds:

@@ -40,6 +40,31 @@ def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _over_labelled(mse, rates, labels)
 
 
+def trimmed(
+    per_sample: torch.Tensor, labels: torch.Tensor, fraction: float, label: int | None = None
+) -> torch.Tensor:
+    """Mean of ``per_sample`` losses over the labelled samples, leaving out the ``fraction`` of them with the
+    highest loss (only among samples of class ``label``, if given). The small-loss trick for noisy labels:
+    the cls set labels every slice with its patient's class, and some COVID slices show no sign of it."""
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return per_sample.sum() * 0.0
+    loss, y = per_sample[valid], labels[valid]
+    eligible = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
+    n_drop = int(fraction * int(eligible.sum()))
+    keep = torch.ones_like(y, dtype=torch.bool)
+    if n_drop:
+        ranked = torch.where(eligible, loss.detach(), torch.full_like(loss, -math.inf))
+        keep[ranked.topk(n_drop).indices] = False
+    return loss[keep].mean()
+
+
+def rate_mse_per_sample(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's MSE to its one-hot label (``[B]``; unlabelled samples get a placeholder class 0)."""
+    target = nn.functional.one_hot(labels.clamp(min=0).long(), rates.shape[1]).to(rates.dtype)
+    return (rates - target).pow(2).mean(dim=1)
+
+
 def count_ce(rates: torch.Tensor, labels: torch.Tensor, t_steps: int) -> torch.Tensor:
     """Cross-entropy with spike counts (rate × T) as logits, over labelled samples. Unlike the MSE, its
     gradient does not vanish when both rates sit near the same value, which is where a spiking cls head
@@ -83,6 +108,7 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, heads: list[HeadConfig], cfg: LossConfig, t_steps: int = 4) -> None:
         super().__init__()
         self.heads = heads
+        self.cls_trim, self.cls_trim_label = cfg.cls_trim, cfg.cls_trim_label
         self.t_steps = t_steps  # the model's T, for a cls head without its own
         self.weighting = cfg.weighting
         self.seg = SegLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.dice)
@@ -99,6 +125,9 @@ class MultiTaskLoss(nn.Module):
             present = bool((labels >= 0).any())
             if head.rate_loss == "ce":
                 return count_ce(out, labels, head.time_steps(self.t_steps)), present
+            if self.cls_trim:
+                per = rate_mse_per_sample(out, labels)
+                return trimmed(per, labels, self.cls_trim, self.cls_trim_label), present
             return rate_mse(out, labels), present
         has = batch[f"has_{head.mask}"]
         return self.seg(out, batch[head.mask], has), bool(has.any())
