@@ -3,7 +3,7 @@ import math
 import torch
 
 from spikect.config import HeadConfig, LossConfig
-from spikect.losses import MultiTaskLoss, SegLoss, count_ce, rate_mse, rate_mse_per_sample, trimmed
+from spikect.losses import MultiTaskLoss, SegLoss, count_ce, rate_mse, trimmed
 
 HEADS = [HeadConfig(name="cls", type="cls"), HeadConfig(name="lung", type="seg", weight=2.0)]
 
@@ -44,17 +44,16 @@ def test_multitask_loss_uses_the_heads_rate_loss():
 
 
 def test_cls_trim_leaves_out_the_worst_fitted_slices_of_the_chosen_class():
-    # per-sample MSEs: 0.0, 0.25, 1.0 (label 1), 0.5 (label 0); one unlabelled sample with a huge error
+    # per-sample MSEs: 0.0, 0.25, 1.0 (label 1), 1.0 (label 0); one unlabelled sample with a huge error
     rates = torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0], [9.0, 9.0]], requires_grad=True)
     labels = torch.tensor([1, 1, 1, 0, -1])
-    per = rate_mse_per_sample(rates, labels)
-    assert torch.allclose(per[:4], torch.tensor([0.0, 0.25, 1.0, 1.0]))
-    # no trimming is the plain rate MSE
-    assert math.isclose(float(trimmed(per, labels, 0.0)), float(rate_mse(rates, labels)), rel_tol=1e-6)
+    per, y = torch.tensor([0.0, 0.25, 1.0, 1.0]), labels[:4]
+    # trimming nothing is the plain rate MSE
+    assert math.isclose(float(trimmed(per, y, 0.0)), float(rate_mse(rates, labels)), rel_tol=1e-6)
     # a quarter of 4 labelled samples: the worst one goes (a tie of 1.0: either one)
-    assert math.isclose(float(trimmed(per, labels, 0.25)), (0.0 + 0.25 + 1.0) / 3, rel_tol=1e-6)
+    assert math.isclose(float(rate_mse(rates, labels, 0.25)), (0.0 + 0.25 + 1.0) / 3, rel_tol=1e-6)
     # only among the positives: 0.4 of 3 is 1, so the worst positive goes, the worst negative stays
-    loss = trimmed(per, labels, 0.4, label=1)
+    loss = rate_mse(rates, labels, 0.4, trim_label=1)
     assert math.isclose(float(loss), (0.0 + 0.25 + 1.0) / 3, rel_tol=1e-6)
     loss.backward()
     assert torch.all(rates.grad[2] == 0) and torch.any(rates.grad[3] != 0) and torch.all(rates.grad[4] == 0)

@@ -31,11 +31,17 @@ def _over_labelled(
     return loss(rates[valid], labels[valid].long())
 
 
-def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between firing rates ``[B, K]`` and the one-hot labels, over labelled samples."""
+def rate_mse(
+    rates: torch.Tensor, labels: torch.Tensor, trim: float = 0.0, trim_label: int | None = None
+) -> torch.Tensor:
+    """Mean squared error between firing rates ``[B, K]`` and the one-hot labels, over labelled samples;
+    with ``trim``, without that fraction of the worst-fitted samples (see ``trimmed``)."""
 
     def mse(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(r, nn.functional.one_hot(y, r.shape[1]).to(r.dtype))
+        target = nn.functional.one_hot(y, r.shape[1]).to(r.dtype)
+        if not trim:
+            return nn.functional.mse_loss(r, target)
+        return trimmed((r - target).pow(2).mean(dim=1), y, trim, trim_label)
 
     return _over_labelled(mse, rates, labels)
 
@@ -43,26 +49,16 @@ def rate_mse(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def trimmed(
     per_sample: torch.Tensor, labels: torch.Tensor, fraction: float, label: int | None = None
 ) -> torch.Tensor:
-    """Mean of ``per_sample`` losses over the labelled samples, leaving out the ``fraction`` of them with the
-    highest loss (only among samples of class ``label``, if given). The small-loss trick for noisy labels:
-    the cls set labels every slice with its patient's class, and some COVID slices show no sign of it."""
-    valid = labels >= 0
-    if not bool(valid.any()):
-        return per_sample.sum() * 0.0
-    loss, y = per_sample[valid], labels[valid]
-    eligible = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
+    """Mean of the (labelled) samples' losses, leaving out the ``fraction`` of them with the highest loss
+    (only among samples of class ``label``, if given). The small-loss trick for noisy labels: the cls set
+    labels every slice with its patient's class, and some COVID slices show no sign of it."""
+    eligible = torch.ones_like(labels, dtype=torch.bool) if label is None else labels == label
+    keep = torch.ones_like(labels, dtype=torch.bool)
     n_drop = int(fraction * int(eligible.sum()))
-    keep = torch.ones_like(y, dtype=torch.bool)
     if n_drop:
-        ranked = torch.where(eligible, loss.detach(), torch.full_like(loss, -math.inf))
+        ranked = torch.where(eligible, per_sample.detach(), torch.full_like(per_sample, -math.inf))
         keep[ranked.topk(n_drop).indices] = False
-    return loss[keep].mean()
-
-
-def rate_mse_per_sample(rates: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each sample's MSE to its one-hot label (``[B]``; unlabelled samples get a placeholder class 0)."""
-    target = nn.functional.one_hot(labels.clamp(min=0).long(), rates.shape[1]).to(rates.dtype)
-    return (rates - target).pow(2).mean(dim=1)
+    return per_sample[keep].mean()
 
 
 def count_ce(rates: torch.Tensor, labels: torch.Tensor, t_steps: int) -> torch.Tensor:
@@ -125,10 +121,7 @@ class MultiTaskLoss(nn.Module):
             present = bool((labels >= 0).any())
             if head.rate_loss == "ce":
                 return count_ce(out, labels, head.time_steps(self.t_steps)), present
-            if self.cls_trim:
-                per = rate_mse_per_sample(out, labels)
-                return trimmed(per, labels, self.cls_trim, self.cls_trim_label), present
-            return rate_mse(out, labels), present
+            return rate_mse(out, labels, self.cls_trim, self.cls_trim_label), present
         has = batch[f"has_{head.mask}"]
         return self.seg(out, batch[head.mask], has), bool(has.any())
 
