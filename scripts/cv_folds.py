@@ -14,7 +14,7 @@ scoring), and the figures are pooled over the folds: slice level, and by split g
 each block of consecutive images, a few patients), the unit that the folds keep apart. Six blocks per fold
 rank only nine positive/negative pairs; pooled, the folds rank every validation block once.
 
-The training seed moves the 6-fold mean of the cls-only probe by up to 0.04 (docs/experiments.md, "The
+The training seed moves the 6-fold mean of the cls-only probe by up to 0.06 (docs/experiments.md, "The
 classifier by groups, and the training seed"), as much as most levers tried; ``--seed`` reruns the same folds
 with another ``train.seed``, so that a comparison can rest on several seeds.
 """
